@@ -1,0 +1,15 @@
+PYTHON ?= python3
+
+.PHONY: test bench lint
+
+# Everything: unit tests and the doctest files under samples/.
+test:
+	$(PYTHON) test_guild.py
+
+# Performance workloads against their targets (see README).
+bench:
+	$(PYTHON) samples/bench.py
+
+# Python 3.8 compatibility (needs `pip install vermin`).
+lint:
+	vermin -t=3.8- --no-tips guild.py test_guild.py

@@ -1,0 +1,1895 @@
+#!/usr/bin/env python3
+"""guild.py: track experiments in one file, with nothing to install.
+
+    python guild.py run train.py lr=0.01 -y
+
+guild.py runs a Python script as a tracked run in a directory of its own,
+recording its flags, output, exit status and a snapshot of its source. A list
+as a flag value makes a batch of trial runs; runs can be staged and started
+later, one by one or from queues that share the work.
+
+Public names: `main` (the command line), `Run`, `OpRef`, `Lock`,
+`GuildError` and its subclasses, `mkid`, `init_trial_run`,
+`set_run_pending`, `decode_flag_val`, `encode_flag_val`, `format_flags`,
+`list_runs`, and the compatibility namespaces `guild.batch_util`,
+`guild.op_util`, `guild.lock` and `guild.run`. Everything else is internal.
+
+Copyright (c) 2026 the guild.py authors. MIT licence (see the end of this
+file): copy this file freely, keep this notice.
+"""
+
+# Table of contents
+#
+#   1. Imports, constants and platform choices
+#   2. Output and logging
+#   3. Errors
+#   4. Small utilities: ids, time, JSON files, processes
+#   5. Locks
+#   6. Flags: decoding, encoding, inference
+#   7. Runs: the run directory and its status
+#   8. The run store: listing and selecting runs
+#   9. Operations: creating, staging and starting runs
+#  10. Batches and trials
+#  11. The queue
+#  12. Python API
+#  13. Command line
+#  14. Compatibility namespaces
+#  15. Script entry
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GuildError",
+    "Lock",
+    "OpRef",
+    "Run",
+    "decode_flag_val",
+    "encode_flag_val",
+    "format_flags",
+    "init_trial_run",
+    "list_runs",
+    "main",
+    "mkid",
+    "set_run_pending",
+]
+
+# ---------------------------------------------------------------------------
+## 1. Imports, constants and platform choices
+# ---------------------------------------------------------------------------
+
+import argparse
+import ast
+import codecs
+import hashlib
+import itertools
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import types
+import uuid
+
+IS_WINDOWS = os.name == "nt"
+
+if IS_WINDOWS:  # pragma: no cover - exercised on Windows only
+    import ctypes
+    import msvcrt
+
+    def _try_lock_fd(fd):
+        """Try once to lock the first byte of fd; True if locked."""
+        os.lseek(fd, 0, os.SEEK_SET)
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+
+    def _unlock_fd(fd):
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+
+else:
+    import fcntl
+
+    def _try_lock_fd(fd):
+        """Try once to lock fd with a POSIX record lock; True if locked.
+
+        Record locks (lockf), unlike flock, work on network filesystems.
+        """
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        return True
+
+    def _unlock_fd(fd):
+        fcntl.lockf(fd, fcntl.LOCK_UN)
+
+
+PROG = "guild"
+RUN_ID_LEN = 32
+SHORT_ID_LEN = 8
+DEFAULT_LIST_LIMIT = 20
+MAX_SOURCE_FILES = 100
+MAX_SOURCE_FILE_SIZE = 1024 * 1024
+FLAGS_PROBE_TIMEOUT = 60
+STOP_GRACE_SECONDS = 10
+
+# Files in a run's `.guild` directory. Each says one thing about the run.
+RUN_ATTRS = "run.json"  # what the run is: op, flags, label, created ...
+STAGED_MARKER = "STAGED"  # present while the run waits to be started
+PENDING_CLAIM = "PENDING"  # who is about to start it (pid + start time)
+PROC_ATTRS = "proc.json"  # the process running it, and when it started
+EXIT_ATTRS = "exit.json"  # how it ended
+OUTPUT_FILE = "output"  # what it printed, stdout and stderr as one stream
+
+QUEUE_FLAGDEFS = {
+    "gpus": {"type": "string", "default": None,
+             "help": "GPU ids (CUDA_VISIBLE_DEVICES) for the runs it starts"},
+    "ignore-running": {"type": "boolean", "default": False,
+                       "help": "Start staged runs while other runs run"},
+    "poll-interval": {"type": "int", "default": 10,
+                      "help": "Seconds between polls for staged runs"},
+    "run-once": {"type": "boolean", "default": False,
+                 "help": "Start the staged runs there are, then stop"},
+}
+
+_FLAG_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+_INT_RE = re.compile(r"^[-+]?\d+$")
+_FLOAT_RE = re.compile(r"^[-+]?(\d+\.\d*|\.\d+|\d+)([eE][-+]?\d+)?$")
+_SOURCE_SKIP_DIRS = {"__pycache__", "node_modules", "venv", "env"}
+
+# ---------------------------------------------------------------------------
+## 2. Output and logging
+# ---------------------------------------------------------------------------
+
+log = logging.getLogger("guild")
+log.addHandler(logging.NullHandler())
+queue_log = logging.getLogger("guild.queue")
+
+
+class _Output:
+    """Where run output goes: the terminal and every open run output file.
+
+    A batch or queue run keeps its output file open while it works, so the
+    output of the runs it starts lands in its own output too.
+    """
+
+    files = []
+    quiet = False
+
+
+def _write_stdout(data):
+    out = sys.stdout
+    buf = getattr(out, "buffer", None)
+    if buf is not None:
+        out.flush()
+        buf.write(data)
+        buf.flush()
+    else:
+        out.write(data.decode("utf-8", "replace"))
+        out.flush()
+
+
+def _tee(data, show=True):
+    """Write bytes to the open run output files and, if show, to stdout."""
+    for f in _Output.files:
+        f.write(data)
+        f.flush()
+    if show and not _Output.quiet:
+        _write_stdout(data)
+
+
+def echo(text=""):
+    """Print a line for the user, recording it in open run outputs."""
+    _tee((text + "\n").encode("utf-8"), show=False)
+    print(text, flush=True)
+
+
+class _LogHandler(logging.Handler):
+    """Logs as `LEVEL: [guild] message` to stderr and open run outputs.
+
+    Queue messages read `LEVEL: [queue] <time> message`.
+    """
+
+    def emit(self, record):
+        try:
+            line = _format_log_record(record) + "\n"
+            _tee(line.encode("utf-8"), show=False)
+            sys.stderr.write(line)
+            sys.stderr.flush()
+        except Exception:  # pragma: no cover - logging must never raise
+            self.handleError(record)
+
+
+def _format_log_record(record):
+    name = record.name.rsplit(".", 1)[-1]
+    msg = record.getMessage()
+    if name == "queue":
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S",
+                              time.localtime(record.created))
+        msg = "%s %s" % (stamp, msg)
+    return "%s: [%s] %s" % (record.levelname, name, msg)
+
+
+def _init_logging():
+    """Set up logging for the command line (never at import)."""
+    for h in list(log.handlers):
+        if isinstance(h, _LogHandler):
+            log.removeHandler(h)
+    log.addHandler(_LogHandler())
+    log.setLevel(logging.INFO)
+
+
+# ---------------------------------------------------------------------------
+## 3. Errors
+# ---------------------------------------------------------------------------
+
+
+class GuildError(Exception):
+    """A problem the user can fix; printed as `guild: <message>`."""
+
+    exit_code = 1
+
+
+class UsageError(GuildError):
+    """Bad command line words."""
+
+    exit_code = 2
+
+
+class FlagError(GuildError):
+    """A bad flag name or value."""
+
+
+class RunError(GuildError):
+    """A run that does not exist, or is in the wrong state."""
+
+
+class OpError(GuildError):
+    """An operation that cannot be found or started."""
+
+
+class LockTimeout(GuildError):
+    """A lock that could not be acquired in time."""
+
+
+class _StopRequested(BaseException):
+    """Raised in the main thread on SIGTERM or Ctrl-C while runs go."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stop(signum, _frame):
+    raise _StopRequested(signum)
+
+
+# ---------------------------------------------------------------------------
+## 4. Small utilities: ids, time, JSON files, processes
+# ---------------------------------------------------------------------------
+
+
+def mkid():
+    """Return a new run id: 32 hex digits."""
+    return uuid.uuid4().hex
+
+
+_last_timestamp = [0]
+
+
+def _timestamp():
+    """Microseconds since the epoch, strictly increasing in this process."""
+    now = time.time_ns() // 1000
+    if now <= _last_timestamp[0]:
+        now = _last_timestamp[0] + 1
+    _last_timestamp[0] = now
+    return now
+
+
+def _format_time(ts):
+    if not ts:
+        return ""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts / 1e6))
+
+
+def _read_json(path, default=None):
+    """Read a JSON file; default if missing or unreadable as JSON."""
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read().decode("utf-8"))
+    except (OSError, ValueError):
+        return default
+
+
+def _write_json(path, data):
+    """Write JSON atomically: readers see the old file or the new one."""
+    tmp = "%s.%s.tmp" % (path, uuid.uuid4().hex[:8])
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def _guild_home():
+    """The run store: GUILD_HOME, or ~/.guild."""
+    home = os.environ.get("GUILD_HOME") or os.path.join(
+        os.path.expanduser("~"), ".guild")
+    return os.path.abspath(home)
+
+
+def _runs_dir():
+    return os.path.join(_guild_home(), "runs")
+
+
+def _ensure_dir(path):
+    try:
+        os.makedirs(path, exist_ok=True)
+    except FileExistsError:
+        raise GuildError("'%s' is not a directory" % path)
+    except OSError as e:
+        raise GuildError("cannot create '%s': %s" % (path, e.strerror))
+
+
+if IS_WINDOWS:  # pragma: no cover - exercised on Windows only
+
+    def _proc_token(pid):
+        """Creation time of process pid, or None if it is not running."""
+        k32 = ctypes.windll.kernel32
+        handle = k32.OpenProcess(0x1000, False, pid)
+        if not handle:
+            return None
+        try:
+            code = ctypes.c_ulong()
+            if not k32.GetExitCodeProcess(handle, ctypes.byref(code)):
+                return None
+            if code.value != 259:  # STILL_ACTIVE
+                return None
+            times = [ctypes.c_ulonglong() for _ in range(4)]
+            if not k32.GetProcessTimes(handle, *[ctypes.byref(t)
+                                                 for t in times]):
+                return ""
+            return str(times[0].value)
+        finally:
+            k32.CloseHandle(handle)
+
+elif os.path.isdir("/proc/self"):
+
+    def _proc_token(pid):
+        """Start time of process pid, or None if it is not running."""
+        try:
+            with open("/proc/%d/stat" % pid, "rb") as f:
+                stat = f.read()
+        except OSError:
+            return None
+        fields = stat[stat.rfind(b")") + 2:].split()
+        if fields[0] in (b"Z", b"X"):  # zombie or dead: not running
+            return None
+        return fields[19].decode()
+
+else:  # pragma: no cover - macOS and other POSIX without /proc
+
+    def _proc_token(pid):
+        """Start time of process pid, or None if it is not running."""
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        try:
+            out = subprocess.run(
+                ["ps", "-o", "lstart=,stat=", "-p", str(pid)],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                check=False).stdout.decode().strip()
+        except OSError:
+            return ""
+        if not out:
+            return None
+        if out.split()[-1].startswith("Z"):
+            return None
+        return " ".join(out.split()[:-1])
+
+
+_own_owner = {}
+
+
+def _process_owner(pid=None):
+    """Identify a process as pid plus start time (pids get reused)."""
+    if pid is None:
+        pid = os.getpid()
+        if pid not in _own_owner:
+            _own_owner.clear()
+            _own_owner[pid] = {"pid": pid, "start": _proc_token(pid)}
+        return dict(_own_owner[pid])
+    return {"pid": pid, "start": _proc_token(pid)}
+
+
+def _owner_alive(owner):
+    """True if the process that owner names is still the same and alive."""
+    if not isinstance(owner, dict) or not isinstance(owner.get("pid"), int):
+        return False
+    token = _proc_token(owner["pid"])
+    if token is None:
+        return False
+    return owner.get("start") in (token, "", None) or token == ""
+
+
+# ---------------------------------------------------------------------------
+## 5. Locks
+# ---------------------------------------------------------------------------
+
+RUN_STATUS = "run-status"
+
+_lock_state_guard = threading.Lock()
+_lock_states = {}
+
+
+class _LockState:
+    """One per lock file in this process: record locks are per process."""
+
+    def __init__(self):
+        self.thread_lock = threading.RLock()
+        self.depth = 0
+        self.fd = None
+
+
+class Lock:
+    """A named inter-process lock: a file under GUILD_HOME/locks.
+
+    Use as a context manager. The guild home is resolved when the lock is
+    acquired; waiting longer than timeout seconds raises LockTimeout.
+    """
+
+    def __init__(self, name, timeout=None):
+        self.name = name
+        self.timeout = timeout
+        self._state = None
+
+    def acquire(self):
+        """Acquire the lock, waiting up to self.timeout seconds."""
+        locks_dir = os.path.join(_guild_home(), "locks")
+        _ensure_dir(locks_dir)
+        path = os.path.join(locks_dir, self.name)
+        with _lock_state_guard:
+            state = _lock_states.setdefault(path, _LockState())
+        deadline = None if self.timeout is None else (
+            time.monotonic() + self.timeout)
+        if not state.thread_lock.acquire(
+                timeout=-1 if deadline is None else self.timeout):
+            raise self._timeout_error()
+        try:
+            if state.depth == 0:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+                delay = 0.001
+                while not _try_lock_fd(fd):
+                    if deadline is not None and time.monotonic() > deadline:
+                        os.close(fd)
+                        raise self._timeout_error()
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.05)
+                state.fd = fd
+            state.depth += 1
+        except BaseException:
+            state.thread_lock.release()
+            raise
+        self._state = state
+        return self
+
+    def release(self):
+        """Release the lock."""
+        state = self._state
+        if state is None:
+            raise RuntimeError("lock %r is not held" % self.name)
+        self._state = None
+        state.depth -= 1
+        if state.depth == 0:
+            try:
+                _unlock_fd(state.fd)
+            finally:
+                os.close(state.fd)
+                state.fd = None
+        state.thread_lock.release()
+
+    def _timeout_error(self):
+        return LockTimeout("timed out after %ss waiting for lock '%s'"
+                           % (self.timeout, self.name))
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *_exc):
+        self.release()
+
+
+# ---------------------------------------------------------------------------
+## 6. Flags: decoding, encoding, inference
+# ---------------------------------------------------------------------------
+#
+# A flag definition (flagdef) is a dict: type ("string", "int", "float",
+# "boolean" or None), default, help, choices, and for argparse scripts the
+# option (`arg`) and argparse action kind.
+
+
+def decode_flag_val(s):
+    """Decode a command line flag value the way a user expects.
+
+    yes/no/true/false/on/off are booleans, null is None, numbers are ints
+    or floats, quoted text is a string, [a,b] is a list; anything else is
+    the string itself.
+    """
+    s = s.strip()
+    if len(s) >= 2 and s[0] == s[-1] and s[0] in "'\"":
+        return s[1:-1]
+    if s.startswith("[") and s.endswith("]"):
+        return [decode_flag_val(part) for part in _split_list(s[1:-1])]
+    lower = s.lower()
+    if lower in ("yes", "true", "on"):
+        return True
+    if lower in ("no", "false", "off"):
+        return False
+    if lower == "null":
+        return None
+    if _INT_RE.match(s):
+        return int(s)
+    if _FLOAT_RE.match(s):
+        return float(s)
+    return s
+
+
+def _split_list(body):
+    """Split the inside of [a, 'b,c', d] on top-level commas."""
+    if not body.strip():
+        return []
+    parts, cur, quote, depth = [], [], None, 0
+    for ch in body:
+        if quote:
+            cur.append(ch)
+            if ch == quote:
+                quote = None
+        elif ch in "'\"":
+            quote = ch
+            cur.append(ch)
+        elif ch == "[":
+            depth += 1
+            cur.append(ch)
+        elif ch == "]":
+            depth -= 1
+            cur.append(ch)
+        elif ch == "," and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    parts.append("".join(cur))
+    return [p.strip() for p in parts]
+
+
+def encode_flag_val(val):
+    """Encode a flag value as a user would type it: yes, 0.1, 'a b'."""
+    if val is True:
+        return "yes"
+    if val is False:
+        return "no"
+    if val is None:
+        return "null"
+    if isinstance(val, list):
+        return "[%s]" % ", ".join(encode_flag_val(x) for x in val)
+    if isinstance(val, (int, float)):
+        return repr(val)
+    s = str(val)
+    if (s == "" or decode_flag_val(s) != s or s != s.strip()
+            or re.search(r"[\s,'\"\[\]=]", s)):
+        quote = '"' if "'" in s else "'"
+        return quote + s + quote
+    return s
+
+
+def format_flags(flags, sep=" "):
+    """`loud=no msg=hi`: flags sorted by name."""
+    return sep.join("%s=%s" % (name, encode_flag_val(flags[name]))
+                    for name in sorted(flags))
+
+
+def _flagdef_type_for_value(val):
+    if isinstance(val, bool):
+        return "boolean"
+    if isinstance(val, int):
+        return "int"
+    if isinstance(val, float):
+        return "float"
+    if isinstance(val, str):
+        return "string"
+    return None
+
+
+def _coerce_flag_val(name, raw, flagdef):
+    """Decode the command line text raw for flag name, typed by flagdef.
+
+    A list value (a batch) is coerced element by element.
+    """
+    stripped = raw.strip()
+    if stripped.startswith("[") and stripped.endswith("]"):
+        return [_coerce_one(name, part, flagdef)
+                for part in _split_list(stripped[1:-1])]
+    return _coerce_one(name, raw, flagdef)
+
+
+def _coerce_one(name, raw, flagdef):
+    ftype = (flagdef or {}).get("type")
+    val = decode_flag_val(raw)
+    if ftype == "string" and isinstance(val, (bool, int, float)):
+        val = raw.strip()
+    elif ftype == "int" and val is not None:
+        if isinstance(val, bool) or not isinstance(val, int):
+            raise FlagError("invalid value %s for %s: expected an integer"
+                            % (raw, name))
+    elif ftype == "float" and val is not None:
+        if isinstance(val, bool) or not isinstance(val, (int, float)):
+            raise FlagError("invalid value %s for %s: expected a number"
+                            % (raw, name))
+        val = float(val)
+    elif ftype == "boolean" and not isinstance(val, bool):
+        raise FlagError("invalid value %s for %s: expected yes or no"
+                        % (raw, name))
+    choices = (flagdef or {}).get("choices")
+    if choices and val not in choices:
+        raise FlagError("invalid value %s for %s: choose from %s" % (
+            raw, name, ", ".join(encode_flag_val(c) for c in choices)))
+    return val
+
+
+def _parse_flag_args(args):
+    """Split NAME=VALUE words into a dict of raw strings, in order."""
+    raw = {}
+    for arg in args:
+        name, sep, val = arg.partition("=")
+        if not sep or not _FLAG_NAME_RE.match(name):
+            raise FlagError("invalid argument '%s': expected NAME=VALUE"
+                            % arg)
+        raw[name] = val
+    return raw
+
+
+# Flag inference. An argparse script is asked for its parser in a child
+# process that stops at parse_args (cached by the script's content); any
+# other script's flags are its module-level literal assignments.
+
+_ARGPARSE_PROBE = r"""
+import argparse, json, os, sys, types
+out_path, script = sys.argv[1], sys.argv[2]
+KINDS = {"_StoreAction": "store", "_StoreTrueAction": "store_true",
+         "_StoreFalseAction": "store_false"}
+def describe(parser, *_args, **_kw):
+    flags = []
+    for a in parser._actions:
+        kind = KINDS.get(type(a).__name__)
+        longs = [o for o in a.option_strings if o.startswith("--")]
+        if not kind or not longs or (kind == "store"
+                                     and a.nargs not in (None, "?")):
+            continue
+        default = a.default
+        try:
+            json.dumps(default)
+        except (TypeError, ValueError):
+            default = str(default)
+        if kind != "store":
+            ftype = "boolean"
+        elif a.type in (int, float):
+            ftype = a.type.__name__
+        elif a.type is None and isinstance(default, (int, float)) \
+                and not isinstance(default, bool):
+            ftype = type(default).__name__
+        else:
+            ftype = "string"
+        choices = list(a.choices) if a.choices else None
+        flags.append({"name": longs[0][2:], "arg": longs[0], "kind": kind,
+                      "type": ftype, "default": default,
+                      "help": a.help or "", "choices": choices})
+    with open(out_path, "w") as f:
+        json.dump(flags, f)
+    os._exit(0)
+argparse.ArgumentParser.parse_args = describe
+argparse.ArgumentParser.parse_known_args = describe
+sys.argv = [script]
+sys.path[0] = os.path.dirname(os.path.abspath(script))
+main = types.ModuleType("__main__")
+main.__file__ = script
+sys.modules["__main__"] = main
+with open(script, "rb") as f:
+    code = compile(f.read(), script, "exec")
+exec(code, main.__dict__)
+"""
+
+# Runs a globals-style script with its flag assignments replaced.
+_GLOBALS_RUNNER = r"""
+import ast, json, os, sys, types
+script, flags = sys.argv[1], json.loads(sys.argv[2])
+with open(script, "rb") as f:
+    tree = ast.parse(f.read(), script)
+def const(v):
+    if isinstance(v, list):
+        return ast.List(elts=[const(x) for x in v], ctx=ast.Load())
+    return ast.Constant(value=v)
+for node in tree.body:
+    if isinstance(node, ast.Assign):
+        targets = node.targets
+    elif isinstance(node, ast.AnnAssign) and node.value is not None:
+        targets = [node.target]
+    else:
+        continue
+    if len(targets) == 1 and isinstance(targets[0], ast.Name) \
+            and targets[0].id in flags:
+        node.value = ast.copy_location(const(flags[targets[0].id]),
+                                       node.value)
+ast.fix_missing_locations(tree)
+sys.argv = [script]
+sys.path[0] = os.path.dirname(os.path.abspath(script))
+main = types.ModuleType("__main__")
+main.__file__ = script
+sys.modules["__main__"] = main
+exec(compile(tree, script, "exec"), main.__dict__)
+"""
+
+
+def _script_flagdefs(script_path):
+    """Return (mode, flagdefs) for a script: mode is args or globals."""
+    with open(script_path, "rb") as f:
+        source = f.read()
+    try:
+        tree = ast.parse(source, script_path)
+    except SyntaxError as e:
+        raise OpError("cannot read flags from %s: %s (line %s)"
+                      % (script_path, e.msg, e.lineno))
+    if _imports_argparse(tree):
+        defs = _argparse_flagdefs(script_path, source)
+        if defs is not None:
+            return "args", defs
+    return "globals", _globals_flagdefs(tree)
+
+
+def _imports_argparse(tree):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            if any(a.name == "argparse" for a in node.names):
+                return True
+        elif isinstance(node, ast.ImportFrom) and node.module == "argparse":
+            return True
+    return False
+
+
+def _globals_flagdefs(tree):
+    defs = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = node.targets[0]
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            target = node.target
+        else:
+            continue
+        if not isinstance(target, ast.Name) or target.id.startswith("_"):
+            continue
+        try:
+            val = ast.literal_eval(node.value)
+        except ValueError:
+            continue
+        if val is not None and _flagdef_type_for_value(val) is None:
+            continue
+        defs[target.id] = {"type": _flagdef_type_for_value(val),
+                           "default": val, "help": ""}
+    return defs
+
+
+def _argparse_flagdefs(script_path, source):
+    """Flag defs from the script's argparse parser, or None if it has none.
+
+    Cached under GUILD_HOME/cache/flags by the script's content.
+    """
+    digest = hashlib.sha256(source + _ARGPARSE_PROBE.encode()).hexdigest()
+    cache_dir = os.path.join(_guild_home(), "cache", "flags")
+    cache_path = os.path.join(cache_dir, digest[:32] + ".json")
+    cached = _read_json(cache_path)
+    if isinstance(cached, dict) and "flags" in cached:
+        return cached["flags"]
+    _ensure_dir(cache_dir)
+    out_path = "%s.%s.out" % (cache_path, uuid.uuid4().hex[:8])
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    try:
+        subprocess.run(
+            [sys.executable, "-c", _ARGPARSE_PROBE, out_path,
+             os.path.abspath(script_path)],
+            cwd=os.path.dirname(os.path.abspath(script_path)), env=env,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, timeout=FLAGS_PROBE_TIMEOUT,
+            check=False)
+    except subprocess.TimeoutExpired:
+        log.warning("%s did not reach parse_args in %ss; using its "
+                    "module globals as flags", script_path,
+                    FLAGS_PROBE_TIMEOUT)
+    probed = _read_json(out_path)
+    _remove(out_path)
+    flags = None
+    if isinstance(probed, list):
+        flags = {}
+        for item in probed:
+            name = item.pop("name")
+            flags[name] = item
+    _write_json(cache_path, {"flags": flags})
+    return flags
+
+
+def _flagdefs_help(op_name, flagdefs, doc=None):
+    lines = ["Usage: guild run [OPTIONS] %s [FLAG]..." % op_name, ""]
+    if doc:
+        lines += [doc, ""]
+    lines += ["Use 'guild run --help' for a list of options.", ""]
+    if not flagdefs:
+        lines.append("No flags.")
+        return "\n".join(lines)
+    lines.append("Flags:")
+    width = max(len(name) for name in flagdefs)
+    for name in sorted(flagdefs):
+        fd = flagdefs[name]
+        desc = fd.get("help") or ""
+        default = fd.get("default")
+        default_desc = ("(default is %s)" % encode_flag_val(default)
+                        if default is not None else "(default is unspecified)")
+        text = ("%s %s" % (desc, default_desc)).strip()
+        lines.append("  %s  %s" % (name.ljust(width), text))
+        if fd.get("choices"):
+            lines.append("  %s  Choices: %s" % (" " * width, ", ".join(
+                encode_flag_val(c) for c in fd["choices"])))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+## 7. Runs: the run directory and its status
+# ---------------------------------------------------------------------------
+
+
+class OpRef:
+    """What a run runs: kind (script, batch or queue) and name."""
+
+    def __init__(self, kind, name):
+        self.kind = kind
+        self.name = name
+
+    def to_opspec(self):
+        """The operation as typed on the command line: say.py, +, queue."""
+        return self.name
+
+    def __repr__(self):
+        return "<guild.OpRef %s:%s>" % (self.kind, self.name)
+
+
+class Run:
+    """A run directory. Attributes are read from disk each time."""
+
+    def __init__(self, id, dir):
+        self.id = id
+        self.dir = dir
+
+    @property
+    def path(self):
+        """The run directory (Guild AI's name for it)."""
+        return self.dir
+
+    @property
+    def short_id(self):
+        """The first eight characters of the id."""
+        return self.id[:SHORT_ID_LEN]
+
+    def guild_path(self, *parts):
+        """A path inside the run's .guild directory."""
+        return os.path.join(self.dir, ".guild", *parts)
+
+    def _attrs(self):
+        attrs = _read_json(self.guild_path(RUN_ATTRS))
+        if not isinstance(attrs, dict):
+            raise RunError("run %s has no readable %s" % (self.id, RUN_ATTRS))
+        return attrs
+
+    def get(self, name, default=None):
+        """Return attribute name: flags, label, started, exit_status ..."""
+        if name in ("started", "pid"):
+            return (_read_json(self.guild_path(PROC_ATTRS)) or {}).get(
+                name, default)
+        if name in ("stopped", "exit_status"):
+            return (_read_json(self.guild_path(EXIT_ATTRS)) or {}).get(
+                name, default)
+        return self._attrs().get(name, default)
+
+    @property
+    def opref(self):
+        """The run's OpRef."""
+        op = self.get("op") or {}
+        return OpRef(op.get("kind"), op.get("name"))
+
+    @property
+    def op_desc(self):
+        """The operation as listings show it: say.py, say.py+, queue."""
+        return _op_desc(self._attrs())
+
+    @property
+    def flags(self):
+        """The run's flag values."""
+        return self.get("flags") or {}
+
+    @property
+    def status(self):
+        """staged, pending, running, completed, error or terminated."""
+        return run_status(self.dir)
+
+    def __repr__(self):
+        return "<guild.Run %s>" % self.id
+
+
+def _op_desc(attrs):
+    op = attrs.get("op") or {}
+    if op.get("kind") == "batch":
+        proto_op = (attrs.get("proto") or {}).get("op") or {}
+        suffix = "" if op.get("name") == "+" else op.get("name", "")
+        return "%s+%s" % (proto_op.get("name", ""), suffix)
+    return op.get("name", "?")
+
+
+def run_status(run_dir):
+    """Derive a run's status from the files in its .guild directory.
+
+    Nothing is guessed: an exit record says how a run ended; a process
+    record means running if that very process (pid plus start time) is
+    alive, and error if it died before recording an exit. A claim by a
+    live process means pending; a dead claimer's claim is void.
+    """
+    gdir = os.path.join(run_dir, ".guild")
+    exit_attrs = _read_json(os.path.join(gdir, EXIT_ATTRS))
+    if isinstance(exit_attrs, dict):
+        return exit_attrs.get("status", "error")
+    proc = _read_json(os.path.join(gdir, PROC_ATTRS))
+    if proc is not None:
+        alive = _owner_alive(proc) or _owner_alive(proc.get("child"))
+        return "running" if alive else "error"
+    claim = _read_json(os.path.join(gdir, PENDING_CLAIM))
+    if claim is not None and _owner_alive(claim):
+        return "pending"
+    if os.path.exists(os.path.join(gdir, STAGED_MARKER)):
+        return "staged"
+    return "error"
+
+
+def set_run_pending(run):
+    """Claim a staged run for this process: its status becomes pending."""
+    _write_json(run.guild_path(PENDING_CLAIM), _process_owner())
+
+
+def _exit_status_name(exit_status, stopped_by_user):
+    if stopped_by_user:
+        return "terminated"
+    if exit_status == 0:
+        return "completed"
+    if exit_status in (-signal.SIGTERM, -signal.SIGINT):
+        return "terminated"
+    return "error"
+
+
+# ---------------------------------------------------------------------------
+## 8. The run store: listing and selecting runs
+# ---------------------------------------------------------------------------
+
+
+def _run_sort_key(run):
+    proc = _read_json(run.guild_path(PROC_ATTRS)) or {}
+    return proc.get("started") or run.get("created") or 0
+
+
+def list_runs(runs_dir=None):
+    """All runs in the store, newest first (by start, else creation)."""
+    runs_dir = runs_dir or _runs_dir()
+    try:
+        names = os.listdir(runs_dir)
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise GuildError("cannot read runs in '%s': %s"
+                         % (runs_dir, e.strerror))
+    runs = []
+    for name in names:
+        run_dir = os.path.join(runs_dir, name)
+        if os.path.isfile(os.path.join(run_dir, ".guild", RUN_ATTRS)):
+            runs.append(Run(name, run_dir))
+    keyed = [(_run_sort_key(run), run.id, run) for run in runs]
+    keyed.sort(key=lambda item: (item[0], item[1]), reverse=True)
+    return [item[2] for item in keyed]
+
+
+def _run_for_dir(run_dir):
+    run_dir = os.path.abspath(run_dir)
+    if not os.path.isfile(os.path.join(run_dir, ".guild", RUN_ATTRS)):
+        raise RunError("'%s' is not a run directory" % run_dir)
+    return Run(os.path.basename(run_dir), run_dir)
+
+
+def select_runs(specs, runs):
+    """Select runs by listing index (1 is newest), id or id prefix."""
+    selected = []
+    for spec in specs:
+        run = _select_one(spec, runs)
+        if run not in selected:
+            selected.append(run)
+    return selected
+
+
+def _select_one(spec, runs):
+    if spec.isdigit() and 1 <= int(spec) <= len(runs):
+        return runs[int(spec) - 1]
+    if os.path.sep in spec or (IS_WINDOWS and "/" in spec):
+        return _run_for_dir(spec)
+    matches = [run for run in runs if run.id.startswith(spec)]
+    if not matches:
+        raise RunError("could not find a run matching '%s'\n"
+                       "Try 'guild runs list' for a list." % spec)
+    if len(matches) > 1:
+        raise RunError("'%s' matches %d runs: %s - use more characters"
+                       % (spec, len(matches),
+                          ", ".join(r.short_id for r in matches[:5])))
+    return matches[0]
+
+
+# ---------------------------------------------------------------------------
+## 9. Operations: creating, staging and starting runs
+# ---------------------------------------------------------------------------
+
+
+def _resolve_op(opspec, cwd):
+    """Return the op dict for opspec in project dir cwd."""
+    if opspec == "queue":
+        return {"kind": "queue", "name": "queue"}
+    script = os.path.join(cwd, opspec)
+    if not opspec.endswith(".py") or not os.path.isfile(script):
+        if opspec.endswith(".py"):
+            raise OpError("cannot find script '%s'" % opspec)
+        raise OpError("cannot find operation '%s'\nguild.py runs Python "
+                      "scripts (NAME.py) and 'queue'" % opspec)
+    project = os.path.abspath(cwd)
+    rel = os.path.relpath(os.path.abspath(script), project)
+    if rel.startswith(os.pardir):
+        project, rel = os.path.dirname(os.path.abspath(script)), \
+            os.path.basename(script)
+    mode, flagdefs = _script_flagdefs(script)
+    return {"kind": "script", "name": opspec, "script": rel.replace(
+        os.path.sep, "/"), "project": project, "flags_mode": mode,
+        "flagdefs": flagdefs}
+
+
+def _op_flagdefs(op):
+    if op["kind"] == "queue":
+        return QUEUE_FLAGDEFS
+    return op.get("flagdefs") or {}
+
+
+def _resolve_flags(op, raw_flags, force=False):
+    """Flag values for op: defaults updated by raw NAME=VALUE strings."""
+    flagdefs = _op_flagdefs(op)
+    for name in raw_flags:
+        if name not in flagdefs and not force:
+            raise FlagError(
+                "unsupported flag '%s'\nTry 'guild run %s --help-op' for a "
+                "list of flags or use --force-flags to skip this check."
+                % (name, op["name"]))
+    flags = {name: fd.get("default") for name, fd in flagdefs.items()}
+    for name, raw in raw_flags.items():
+        flags[name] = _coerce_flag_val(name, raw, flagdefs.get(name))
+    return flags
+
+
+def _source_files(project, skip_dirs=()):
+    """Relative paths of the project's source files, up to the limit."""
+    skip_real = {os.path.realpath(d) for d in skip_dirs}
+    found = []
+    for root, dirs, files in os.walk(project):
+        dirs[:] = sorted(
+            d for d in dirs
+            if not d.startswith(".") and d not in _SOURCE_SKIP_DIRS
+            and not os.path.exists(os.path.join(root, d, "pyvenv.cfg"))
+            and os.path.realpath(os.path.join(root, d)) not in skip_real)
+        for name in sorted(files):
+            if name.startswith(".") or name.endswith((".pyc", ".pyo")):
+                continue
+            path = os.path.join(root, name)
+            if not _is_source_file(path):
+                continue
+            if len(found) == MAX_SOURCE_FILES:
+                log.warning(
+                    "Found more than %d source files in %s; copying the "
+                    "first %d", MAX_SOURCE_FILES, project, MAX_SOURCE_FILES)
+                return found
+            found.append(os.path.relpath(path, project).replace(
+                os.path.sep, "/"))
+    return found
+
+
+def _is_source_file(path):
+    try:
+        if os.path.getsize(path) > MAX_SOURCE_FILE_SIZE:
+            return False
+        with open(path, "rb") as f:
+            return b"\0" not in f.read(1024)
+    except OSError:
+        return False
+
+
+def _copy_files(src_root, rel_paths, dest_root):
+    for rel in rel_paths:
+        dest = os.path.join(dest_root, rel)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        shutil.copy2(os.path.join(src_root, rel), dest)
+
+
+def _init_run(run_dir, attrs, staged, source_root=None, source_files=()):
+    """Create a run directory; the attrs file is written last, atomically.
+
+    Until then the directory is not a run, so a crash leaves no half run.
+    """
+    run_dir = os.path.abspath(run_dir)
+    if os.path.exists(os.path.join(run_dir, ".guild", RUN_ATTRS)):
+        raise RunError("run directory '%s' is already in use" % run_dir)
+    gdir = os.path.join(run_dir, ".guild")
+    _ensure_dir(gdir)
+    if source_root:
+        _copy_files(source_root, source_files, run_dir)
+    attrs = dict(attrs, id=os.path.basename(run_dir),
+                 created=_timestamp(), sourcecode=list(source_files))
+    if staged:
+        open(os.path.join(gdir, STAGED_MARKER), "w").close()
+    else:
+        set_run_pending(Run(attrs["id"], run_dir))
+    _write_json(os.path.join(gdir, RUN_ATTRS), attrs)
+    return Run(attrs["id"], run_dir)
+
+
+def _default_label(flags):
+    return format_flags({k: v for k, v in flags.items() if v is not None})
+
+
+def _claim_staged(run):
+    """Claim a staged run for this process; call under the status lock.
+
+    Returns the status the run had; the claim is made only if staged.
+    """
+    status = run.status
+    if status == "staged":
+        set_run_pending(run)
+    return status
+
+
+def _release_claim(run):
+    """Drop this process's claim on a run it did not start."""
+    claim = _read_json(run.guild_path(PENDING_CLAIM))
+    if claim == _process_owner():
+        _remove(run.guild_path(PENDING_CLAIM))
+
+
+def _start_run(run, gpus=None):
+    """Run a claimed or new run to its end; return its exit status.
+
+    Records the process first (running), then how it ended. A stop
+    request (SIGTERM, Ctrl-C) ends the run 'terminated' and propagates.
+    """
+    attrs = run._attrs()
+    _write_json(run.guild_path(PROC_ATTRS),
+                dict(_process_owner(), started=_timestamp()))
+    _remove(run.guild_path(STAGED_MARKER))
+    _remove(run.guild_path(PENDING_CLAIM))
+    gpus = attrs.get("gpus") if gpus is None else gpus
+    stop = None
+    exit_status = 1
+    out = open(run.guild_path(OUTPUT_FILE), "ab")
+    _Output.files.append(out)
+    try:
+        kind = attrs["op"]["kind"]
+        if kind == "script":
+            exit_status = _run_script(run, attrs, gpus)
+        elif kind == "batch":
+            exit_status = _run_batch(run, attrs)
+        elif kind == "queue":
+            exit_status = _run_queue(run, attrs)
+        else:
+            raise OpError("unknown operation kind '%s'" % kind)
+    except _StopRequested as e:
+        stop = e
+        exit_status = -e.signum
+    except KeyboardInterrupt:
+        stop = _StopRequested(signal.SIGINT)
+        exit_status = -signal.SIGINT
+    finally:
+        _Output.files.remove(out)
+        out.close()
+        _write_json(run.guild_path(EXIT_ATTRS), {
+            "exit_status": exit_status, "stopped": _timestamp(),
+            "status": _exit_status_name(exit_status, stop is not None)})
+    if stop is not None:
+        raise stop
+    return exit_status
+
+
+def _script_command(attrs):
+    op = attrs["op"]
+    flags = attrs.get("flags") or {}
+    script = op["script"]
+    if op.get("flags_mode") == "globals":
+        return [sys.executable, "-c", _GLOBALS_RUNNER, script,
+                json.dumps(flags)]
+    cmd = [sys.executable, script]
+    flagdefs = op.get("flagdefs") or {}
+    for name in sorted(flags):
+        val = flags[name]
+        fd = flagdefs.get(name, {})
+        arg = fd.get("arg", "--" + name)
+        kind = fd.get("kind", "store")
+        if kind == "store_true":
+            if val:
+                cmd.append(arg)
+        elif kind == "store_false":
+            if not val:
+                cmd.append(arg)
+        elif val is not None:
+            cmd += [arg, encode_flag_val(val) if not isinstance(val, str)
+                    else val]
+    return cmd
+
+
+def _run_script(run, attrs, gpus):
+    env = dict(os.environ, RUN_DIR=run.dir, RUN_ID=run.id,
+               GUILD_HOME=_guild_home(), PYTHONUNBUFFERED="1")
+    if gpus is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpus)
+    cmd = _script_command(attrs)
+    popen_kw = {}
+    if IS_WINDOWS:  # pragma: no cover
+        popen_kw["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
+    else:
+        popen_kw["start_new_session"] = True
+    proc = subprocess.Popen(cmd, cwd=run.dir, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            **popen_kw)
+    proc_attrs = _read_json(run.guild_path(PROC_ATTRS)) or {}
+    proc_attrs["child"] = _process_owner(proc.pid)
+    proc_attrs["command"] = cmd[:2] + (["<globals runner>"] + cmd[3:]
+                                       if cmd[1] == "-c" else cmd[2:])
+    _write_json(run.guild_path(PROC_ATTRS), proc_attrs)
+    return _supervise(proc)
+
+
+def _supervise(proc):
+    """Relay the child's output until it exits; forward stop requests."""
+    fd = proc.stdout.fileno()
+    stop = None
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except (_StopRequested, KeyboardInterrupt) as e:
+            signum = getattr(e, "signum", signal.SIGINT)
+            _signal_child(proc, signal.SIGKILL if stop is not None
+                          and hasattr(signal, "SIGKILL") else signum)
+            stop = _StopRequested(signum)
+            continue
+        if not chunk:
+            break
+        _tee(chunk)
+    proc.stdout.close()
+    exit_status = proc.wait()
+    if stop is not None:
+        raise stop
+    return exit_status
+
+
+def _signal_child(proc, signum):
+    try:
+        if IS_WINDOWS:  # pragma: no cover
+            proc.terminate()
+        else:
+            os.killpg(proc.pid, signum)
+    except OSError:
+        pass
+
+
+def _print_staged(run, run_dir_given):
+    desc = run.op_desc
+    if run_dir_given:
+        echo("%s staged in '%s'" % (desc, run.dir))
+        echo("To start the operation, use 'guild run --start %s'" % run.dir)
+    else:
+        echo("%s staged as %s" % (desc, run.id))
+        echo("To start the operation, use 'guild run --start %s'" % run.id)
+
+
+# ---------------------------------------------------------------------------
+## 10. Batches and trials
+# ---------------------------------------------------------------------------
+
+
+def _trial_flag_sets(proto_flags):
+    """The grid: the cartesian product of list values, by flag name."""
+    names = sorted(proto_flags)
+    choices = [v if isinstance(v, list) else [v]
+               for v in (proto_flags[n] for n in names)]
+    return [dict(zip(names, combo)) for combo in itertools.product(*choices)]
+
+
+def init_trial_run(batch_run, trial_flag_vals, run_dir=None):
+    """Create a staged trial of batch_run with trial_flag_vals; return it."""
+    attrs = batch_run._attrs()
+    proto = attrs["proto"]
+    flags = dict(proto.get("flags") or {})
+    flags.update(trial_flag_vals)
+    label = proto.get("label")
+    trial_attrs = {
+        "op": proto["op"], "flags": flags,
+        "label": label if label is not None else _default_label(flags),
+        "batch": batch_run.id, "gpus": attrs.get("gpus"),
+        "project": attrs.get("project")}
+    run_dir = run_dir or os.path.join(_runs_dir(), mkid())
+    return _init_run(run_dir, trial_attrs, staged=True,
+                     source_root=batch_run.dir,
+                     source_files=attrs.get("sourcecode") or ())
+
+
+def _trial_desc(run):
+    return "%s (%s)" % (run.op_desc, format_flags(run.flags, sep=", "))
+
+
+def _try_run_staged_trial(trial_run, batch_run, status_lock):
+    """Start trial_run if it is still staged; otherwise log and skip.
+
+    The check and the claim happen under status_lock, so a batch and a
+    queue never both start one trial. Returns the exit status, or None.
+    """
+    with status_lock:
+        status = _claim_staged(trial_run)
+    if status != "staged":
+        log.warning("Skipping %s - status is '%s' but expected 'staged'",
+                    trial_run.id, status)
+        return None
+    log.info("Running trial %s: %s", trial_run.id, _trial_desc(trial_run))
+    return _start_run(trial_run)
+
+
+def _run_batch(batch_run, attrs):
+    proto_flags = (attrs.get("proto") or {}).get("flags") or {}
+    trials = [init_trial_run(batch_run, flag_vals)
+              for flag_vals in _trial_flag_sets(proto_flags)]
+    if attrs.get("stage_trials"):
+        for trial in trials:
+            log.info("Staging trial %s: %s", trial.id, _trial_desc(trial))
+            _print_staged(trial, False)
+        return 0
+    for trial in trials:
+        exit_status = _try_run_staged_trial(
+            trial, batch_run, Lock(RUN_STATUS))
+        if exit_status:
+            log.error("Trial %s exited with an error (%s)", trial.id,
+                      exit_status)
+    return 0
+
+
+# ---------------------------------------------------------------------------
+## 11. The queue
+# ---------------------------------------------------------------------------
+
+
+def _claim_next_staged(gpus):
+    """Claim the oldest staged run this queue may start, or None."""
+    with Lock(RUN_STATUS, timeout=60):
+        staged = [run for run in list_runs() if run.status == "staged"]
+        staged.sort(key=lambda r: (r.get("created") or 0, r.id))
+        for run in staged:
+            run_gpus = run.get("gpus")
+            if run_gpus is not None and str(run_gpus) != str(gpus):
+                continue
+            _claim_staged(run)
+            return run
+    return None
+
+
+def _other_runs_running():
+    return any(run.opref.kind != "queue" and run.status == "running"
+               for run in list_runs())
+
+
+def _run_queue(queue_run, attrs):
+    flags = attrs.get("flags") or {}
+    poll = max(float(flags.get("poll-interval") or 10), 0.1)
+    run_once = bool(flags.get("run-once"))
+    ignore_running = bool(flags.get("ignore-running"))
+    gpus = flags.get("gpus")
+    queue_log.info("Processing staged runs")
+    waiting = None
+    while True:
+        if not ignore_running and _other_runs_running():
+            if waiting != "running":
+                queue_log.info("Waiting for running runs")
+                waiting = "running"
+            time.sleep(poll)
+            continue
+        run = _claim_next_staged(gpus)
+        if run is None:
+            if run_once:
+                return 0
+            if waiting != "staged":
+                queue_log.info("Waiting for staged runs")
+                waiting = "staged"
+            time.sleep(poll)
+            continue
+        waiting = None
+        queue_log.info("Starting staged run %s", run.id)
+        try:
+            exit_status = _start_run(run, gpus=gpus)
+        finally:
+            _release_claim(run)
+        if exit_status:
+            queue_log.warning("Staged run %s exited with an error (%s)",
+                              run.id, exit_status)
+
+
+# ---------------------------------------------------------------------------
+## 12. Python API
+# ---------------------------------------------------------------------------
+
+
+def create_run(opspec, flags=None, cwd=None, label=None, stage=False,
+               stage_trials=False, optimizer=None, gpus=None, run_dir=None,
+               force_flags=False):
+    """Create a run (or a batch run) of opspec; return (run, is_batch).
+
+    flags maps names to command line text (`"0.1"`, `"[a,b]"`) or values.
+    The run is staged if stage, else pending for this process to start.
+    """
+    cwd = os.path.abspath(cwd or os.getcwd())
+    op = _resolve_op(opspec, cwd)
+    raw = {name: val if isinstance(val, str) else encode_flag_val(val)
+           for name, val in (flags or {}).items()}
+    flag_vals = _resolve_flags(op, raw, force_flags)
+    is_batch = bool(optimizer) or any(
+        isinstance(v, list) for v in flag_vals.values())
+    if op["kind"] != "script" and is_batch:
+        raise OpError("'%s' cannot run as a batch" % opspec)
+    if run_dir is None:
+        runs_dir = _runs_dir()
+        _ensure_dir(runs_dir)
+        run_dir = os.path.join(runs_dir, mkid())
+    source_root, source_files = None, ()
+    if op["kind"] == "script":
+        source_root = op["project"]
+        source_files = _source_files(source_root, [_guild_home()])
+    if is_batch:
+        if optimizer not in (None, "+"):
+            raise OpError("unsupported optimizer '%s'" % optimizer)
+        attrs = {"op": {"kind": "batch", "name": "+"}, "flags": {},
+                 "label": "", "stage_trials": bool(stage_trials),
+                 "gpus": gpus, "project": op.get("project"),
+                 "proto": {"op": op, "flags": flag_vals, "label": label}}
+    else:
+        attrs = {"op": op, "flags": flag_vals,
+                 "label": label if label is not None
+                 else _default_label(flag_vals),
+                 "gpus": gpus, "project": op.get("project")}
+    run = _init_run(run_dir, attrs, staged=stage, source_root=source_root,
+                    source_files=source_files)
+    return run, is_batch
+
+
+# ---------------------------------------------------------------------------
+## 13. Command line
+# ---------------------------------------------------------------------------
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of exiting."""
+
+    def error(self, message):
+        raise UsageError("%s\nTry '%s --help' for help." % (
+            message, self.prog))
+
+
+def _confirm(prompt, default=True, yes=False):
+    if yes:
+        return True
+    sys.stdout.write(prompt + (" (Y/n) " if default else " (y/N) "))
+    sys.stdout.flush()
+    line = sys.stdin.readline()
+    if not line:
+        sys.stdout.write("\n")
+        return False
+    answer = line.strip().lower()
+    if not answer:
+        return default
+    return answer in ("y", "yes")
+
+
+def _install_stop_handlers():
+    if not IS_WINDOWS and threading.current_thread() is \
+            threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_stop)
+
+
+def _exit_code(exit_status):
+    return exit_status if exit_status >= 0 else 128 - exit_status
+
+
+def _cmd_run(args):
+    if args.opspec and "=" in args.opspec:  # `run --restart RUN x=1`
+        args.flags = [args.opspec] + list(args.flags)
+        args.opspec = None
+    if args.start or args.restart:
+        return _run_existing(args)
+    if not args.opspec:
+        raise UsageError("missing operation\nTry 'guild run --help' "
+                         "for help.")
+    raw_flags = _parse_flag_args(args.flags)
+    if args.help_op:
+        op = _resolve_op(args.opspec, os.getcwd())
+        doc = QUEUE_DOC if op["kind"] == "queue" else None
+        print(_flagdefs_help(args.opspec, _op_flagdefs(op), doc))
+        return 0
+    if args.optimizer and args.optimizer != "+":
+        raise UsageError("unsupported optimizer '%s'" % args.optimizer)
+    op = _resolve_op(args.opspec, os.getcwd())
+    flag_vals = _resolve_flags(op, raw_flags, args.force_flags)
+    is_batch = bool(args.optimizer) or any(
+        isinstance(v, list) for v in flag_vals.values())
+    verb = "stage" if args.stage else "run"
+    what = args.opspec + (" as a batch" if is_batch else "")
+    lines = ["You are about to %s %s" % (verb, what)]
+    lines += ["  %s: %s" % (n, encode_flag_val(flag_vals[n]))
+              for n in sorted(flag_vals)]
+    if not _confirm("\n".join(lines) + "\nContinue?", yes=args.yes):
+        raise GuildError("aborted")
+    run_dir = os.path.abspath(args.run_dir) if args.run_dir else None
+    run, _is_batch = create_run(
+        args.opspec, raw_flags, label=args.label, stage=args.stage,
+        stage_trials=args.stage_trials, optimizer=args.optimizer,
+        gpus=args.gpus, run_dir=run_dir, force_flags=args.force_flags)
+    if args.stage:
+        _print_staged(run, bool(args.run_dir))
+        return 0
+    return _exit_code(_start_run(run))
+
+
+def _run_existing(args):
+    spec = args.start or args.restart
+    run = _select_one(spec, list_runs())
+    if args.flags and args.start:
+        raise UsageError("flags cannot be changed with --start "
+                         "(use --restart)")
+    if not _confirm("You are about to start %s (%s)\nContinue?"
+                    % (run.id, run.op_desc), yes=args.yes):
+        raise GuildError("aborted")
+    with Lock(RUN_STATUS, timeout=60):
+        status = run.status
+        if status == "staged":
+            set_run_pending(run)
+        elif args.start:
+            raise RunError("cannot start %s: status is '%s' but expected "
+                           "'staged' (use --restart to run it again)"
+                           % (run.id, status))
+        elif status in ("running", "pending"):
+            raise RunError("cannot restart %s: it is %s" % (run.id, status))
+        else:
+            _restart_prepare(run, _parse_flag_args(args.flags),
+                             args.force_flags)
+    return _exit_code(_start_run(run))
+
+
+def _restart_prepare(run, raw_flags, force):
+    attrs = run._attrs()
+    if raw_flags:
+        flags = dict(attrs.get("flags") or {})
+        flags.update(_resolve_flags(attrs["op"], raw_flags, force))
+        flags = {k: v for k, v in flags.items()
+                 if k in raw_flags or k in (attrs.get("flags") or {})}
+        attrs["flags"] = flags
+        attrs["label"] = _default_label(flags)
+        _write_json(run.guild_path(RUN_ATTRS), attrs)
+    set_run_pending(run)
+    _remove(run.guild_path(EXIT_ATTRS))
+    _remove(run.guild_path(PROC_ATTRS))
+
+
+def _run_rows(runs, index_base=1):
+    rows = []
+    for i, run in enumerate(runs):
+        proc = _read_json(run.guild_path(PROC_ATTRS)) or {}
+        attrs = run._attrs()
+        started = proc.get("started") or attrs.get("created")
+        rows.append(["[%d:%s]" % (i + index_base, run.short_id),
+                     _op_desc(attrs), _format_time(started), run.status,
+                     attrs.get("label") or ""])
+    return rows
+
+
+def _format_table(rows):
+    if not rows:
+        return []
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(widths[i]) for i, cell in
+                      enumerate(row)).rstrip() for row in rows]
+
+
+def _cmd_runs_list(args):
+    runs = list_runs()
+    limit = None if args.all else (args.n or DEFAULT_LIST_LIMIT)
+    shown = runs if limit is None else runs[:limit]
+    for line in _format_table(_run_rows(shown)):
+        print(line)
+    if len(shown) < len(runs):
+        print("Showing the first %d runs (%d total) - use --all to show "
+              "all or -n to show more" % (len(shown), len(runs)),
+              file=sys.stderr)
+    return 0
+
+
+def _cmd_runs_info(args):
+    run = _select_one(args.run or "1", list_runs())
+    attrs = run._attrs()
+    proc = _read_json(run.guild_path(PROC_ATTRS)) or {}
+    exit_attrs = _read_json(run.guild_path(EXIT_ATTRS)) or {}
+    lines = [
+        "id: %s" % run.id,
+        "operation: %s" % _op_desc(attrs),
+        "from: %s" % (attrs.get("project") or ""),
+        "status: %s" % run.status,
+        "started: %s" % _format_time(proc.get("started")),
+        "stopped: %s" % _format_time(exit_attrs.get("stopped")),
+        "label: %s" % (attrs.get("label") or ""),
+        "run_dir: %s" % run.dir,
+        "command: %s" % " ".join(proc.get("command") or []),
+        "exit_status: %s" % ("" if exit_attrs.get("exit_status") is None
+                             else exit_attrs["exit_status"]),
+        "pid: %s" % (proc.get("pid") or ""),
+    ]
+    if attrs.get("batch"):
+        lines.append("batch: %s" % attrs["batch"])
+    lines.append("flags:")
+    flags = attrs.get("flags") or {}
+    lines += ["  %s: %s" % (n, encode_flag_val(flags[n]))
+              for n in sorted(flags)]
+    print("\n".join(lines))
+    return 0
+
+
+def _cmd_runs_delete(args):
+    runs = list_runs()
+    selected = select_runs(args.runs, runs) if args.runs else runs
+    if not selected:
+        print("Nothing to delete")
+        return 0
+    running = [r for r in selected if r.status == "running"]
+    if running:
+        raise RunError("cannot delete running run %s - stop it first"
+                       % running[0].id)
+    if not args.yes:
+        print("You are about to delete the following runs:")
+        for line in _format_table(_run_rows(selected)):
+            print("  " + line)
+        if not _confirm("Delete %d run(s)?" % len(selected)):
+            raise GuildError("aborted")
+    for run in selected:
+        shutil.rmtree(run.dir)
+    print("Deleted %d run(s)" % len(selected))
+    return 0
+
+
+def _cmd_cat(args):
+    run = _select_one(args.run or "1", list_runs())
+    if args.output:
+        path = run.guild_path(OUTPUT_FILE)
+    elif args.path:
+        path = os.path.join(run.dir, args.path)
+    else:
+        raise UsageError("specify --output or -p PATH")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise GuildError("%s does not exist for run %s" % (
+            "output" if args.output else args.path, run.id))
+    _write_stdout(data)
+    return 0
+
+
+QUEUE_DOC = """\
+Start staged runs, oldest first, one at a time.
+
+Several queues may share one run store: each staged run is started by one
+queue only. A queue waits while other runs are running unless
+ignore-running is set. With gpus set, the runs it starts see only those
+GPUs, and runs staged with --gpus are started only by a queue whose gpus
+match. run-once starts the staged runs there are and stops."""
+
+
+def _add_run_parser(sub):
+    p = sub.add_parser("run", help="run an operation",
+                       description="Run a script as a tracked run, stage "
+                       "it, or start or restart a run.")
+    p.add_argument("opspec", nargs="?", metavar="OP",
+                   help="a script (NAME.py) or 'queue'")
+    p.add_argument("flags", nargs="*", metavar="FLAG=VAL",
+                   help="flag values; a list [a,b] makes a batch")
+    p.add_argument("-y", "--yes", action="store_true",
+                   help="do not ask for confirmation")
+    p.add_argument("-l", "--label", help="the run's label")
+    p.add_argument("--stage", action="store_true",
+                   help="stage the run to start later")
+    p.add_argument("--start", metavar="RUN", help="start a staged run")
+    p.add_argument("--restart", metavar="RUN", help="run a run again")
+    p.add_argument("--run-dir", metavar="DIR",
+                   help="use DIR as the run directory")
+    p.add_argument("--stage-trials", action="store_true",
+                   help="stage a batch's trials instead of running them")
+    p.add_argument("-o", "--optimizer", metavar="NAME",
+                   help="run as a batch with optimizer NAME (+ for grid)")
+    p.add_argument("--gpus", metavar="IDS",
+                   help="GPU ids to use (sets CUDA_VISIBLE_DEVICES)")
+    p.add_argument("--force-flags", action="store_true",
+                   help="accept flags the operation does not define")
+    p.add_argument("--help-op", action="store_true",
+                   help="show the operation's flags and exit")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="do not show the run's output")
+    p.set_defaults(func=_cmd_run)
+
+
+def _add_list_args(p):
+    p.add_argument("-a", "--all", action="store_true", help="show all runs")
+    p.add_argument("-n", type=int, metavar="N",
+                   help="show the first N runs (default %d)"
+                   % DEFAULT_LIST_LIMIT)
+
+
+def _add_runs_parser(sub):
+    p = sub.add_parser("runs", help="list, show or delete runs",
+                       description="List runs (the default), show one or "
+                       "delete some. RUN is an index from the listing (1 "
+                       "is the newest), an id or an id prefix.")
+    _add_list_args(p)
+    p.set_defaults(func=_cmd_runs_list)
+    runs_sub = p.add_subparsers(dest="runs_cmd", metavar="COMMAND")
+    lp = runs_sub.add_parser("list", help="list runs (newest first)")
+    _add_list_args(lp)
+    lp.set_defaults(func=_cmd_runs_list)
+    ip = runs_sub.add_parser("info", help="show a run's attributes")
+    ip.add_argument("run", nargs="?", metavar="RUN",
+                    help="the run (default: the newest)")
+    ip.set_defaults(func=_cmd_runs_info)
+    for name in ("delete", "rm"):
+        dp = runs_sub.add_parser(name, help="delete runs")
+        dp.add_argument("runs", nargs="*", metavar="RUN",
+                        help="runs to delete (default: all)")
+        dp.add_argument("-y", "--yes", action="store_true",
+                        help="do not ask for confirmation")
+        dp.set_defaults(func=_cmd_runs_delete)
+
+
+def _add_cat_parser(sub):
+    p = sub.add_parser("cat", help="show a run's output or a file",
+                       description="Print a run's output or one of its "
+                       "files.")
+    p.add_argument("run", nargs="?", metavar="RUN",
+                   help="the run (default: the newest)")
+    p.add_argument("--output", action="store_true", help="show the output")
+    p.add_argument("-p", "--path", help="show file PATH of the run")
+    p.set_defaults(func=_cmd_cat)
+
+
+COMMANDS = [_add_run_parser, _add_runs_parser, _add_cat_parser]
+
+
+def _parser():
+    p = _ArgumentParser(prog=PROG, description="Track experiments: run "
+                        "scripts as runs, batches of trials and queues.")
+    p.add_argument("--version", action="version",
+                   version="guild.py %s" % __version__)
+    p.add_argument("-H", "--guild-home", metavar="PATH",
+                   help="the run store (default: GUILD_HOME or ~/.guild)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND",
+                           parser_class=_ArgumentParser)
+    for add in COMMANDS:
+        add(sub)
+    return p
+
+
+def _take_extra_flags(args, extra):
+    """Accept NAME=VAL words after options (`run op --stage x=1`)."""
+    if extra and getattr(args, "func", None) is _cmd_run and all(
+            "=" in word and not word.startswith("-") for word in extra):
+        args.flags = list(args.flags) + extra
+    elif extra:
+        raise UsageError("unrecognized arguments: %s\nTry 'guild --help' "
+                         "for help." % " ".join(extra))
+
+
+def main(argv=None):
+    """Run the command line with argv; return the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    _init_logging()
+    try:
+        args, extra = _parser().parse_known_args(argv)
+        _take_extra_flags(args, extra)
+        if args.guild_home:
+            os.environ["GUILD_HOME"] = os.path.abspath(args.guild_home)
+        if not getattr(args, "func", None):
+            _parser().print_help()
+            return 0
+        _Output.quiet = bool(getattr(args, "quiet", False))
+        _install_stop_handlers()
+        return args.func(args)
+    except GuildError as e:
+        sys.stderr.write("%s: %s\n" % (PROG, e))
+        return e.exit_code
+    except _StopRequested as e:
+        return 128 + e.signum
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+# ---------------------------------------------------------------------------
+## 14. Compatibility namespaces
+# ---------------------------------------------------------------------------
+
+
+def _namespace(name, doc, **names):
+    mod = types.ModuleType("%s.%s" % (__name__, name), doc)
+    mod.__dict__.update(names)
+    sys.modules[mod.__name__] = mod
+    return mod
+
+
+batch_util = _namespace(
+    "batch_util", "Batch trials (Guild AI's guild.batch_util).",
+    init_trial_run=init_trial_run,
+    _try_run_staged_trial=_try_run_staged_trial)
+op_util = _namespace(
+    "op_util", "Run state changes (Guild AI's guild.op_util).",
+    set_run_pending=set_run_pending)
+lock = _namespace(
+    "lock", "Named inter-process locks (Guild AI's guild.lock).",
+    Lock=Lock, LockTimeout=LockTimeout, RUN_STATUS=RUN_STATUS)
+run = _namespace(
+    "run", "Runs (Guild AI's guild.run).",
+    Run=Run, mkid=mkid, run_status=run_status)
+
+# ---------------------------------------------------------------------------
+## 15. Script entry
+# ---------------------------------------------------------------------------
+
+# MIT License
+#
+# Permission is hereby granted, free of charge, to any person obtaining a
+# copy of this software and associated documentation files (the
+# "Software"), to deal in the Software without restriction, including
+# without limitation the rights to use, copy, modify, merge, publish,
+# distribute, sublicense, and/or sell copies of the Software, and to permit
+# persons to whom the Software is furnished to do so, subject to the
+# following conditions: The above copyright notice and this permission
+# notice shall be included in all copies or substantial portions of the
+# Software. THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND.
+
+if __name__ == "__main__":
+    # Register this module as `guild` so later imports share one copy.
+    sys.modules.setdefault("guild", sys.modules[__name__])
+    sys.exit(main())

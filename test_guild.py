@@ -1,0 +1,1081 @@
+"""Tests for guild.py: unit tests in the order of the file, then the doctest
+files under samples/ (the specification among them).
+
+    python3 test_guild.py            # everything
+    python3 test_guild.py -k Flags   # a part
+
+Tests write only in temporary directories: every run store is a temp dir.
+"""
+
+import doctest
+import io
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+import guild
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+GUILD_PY = os.path.join(ROOT, "guild.py")
+SAMPLES = os.path.join(ROOT, "samples")
+IS_WINDOWS = os.name == "nt"
+
+# ---------------------------------------------------------------------------
+# Helpers, also the globals of the doctest files
+# ---------------------------------------------------------------------------
+
+_temp_dirs = []
+
+
+def mkdtemp():
+    """A new temporary directory, removed when the test ends."""
+    d = tempfile.mkdtemp(prefix="guild-test-")
+    _temp_dirs.append(d)
+    return d
+
+
+def _cleanup_temp_dirs():
+    while _temp_dirs:
+        shutil.rmtree(_temp_dirs.pop(), ignore_errors=True)
+
+
+def path(*parts):
+    """os.path.join."""
+    return os.path.join(*parts)
+
+
+def sample(*parts):
+    """A path under samples/."""
+    return os.path.join(SAMPLES, *parts)
+
+
+def write(filename, contents):
+    """Write text to filename."""
+    with open(filename, "w") as f:
+        f.write(contents)
+
+
+def cat(filename):
+    """Print a file's text."""
+    with open(filename) as f:
+        print(f.read().rstrip("\n"))
+
+
+def guild_cmd(args, cwd=None, guild_home=None, env=None, timeout=120,
+              input=None):
+    """Run `python guild.py ARGS`; return (exit code, stdout+stderr)."""
+    full_env = dict(os.environ)
+    full_env.pop("GUILD_HOME", None)
+    if guild_home:
+        full_env["GUILD_HOME"] = guild_home
+    full_env.update(env or {})
+    p = subprocess.run(
+        [sys.executable, GUILD_PY] + list(args), cwd=cwd, env=full_env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout,
+        input=(input or "").encode(), check=False)
+    return p.returncode, p.stdout.decode("utf-8", "replace")
+
+
+class SetGuildHome:
+    """Set GUILD_HOME for the duration of a with block."""
+
+    def __init__(self, guild_home):
+        self.guild_home = guild_home
+        self._saved = None
+
+    def __enter__(self):
+        self._saved = os.environ.get("GUILD_HOME")
+        os.environ["GUILD_HOME"] = self.guild_home
+        return self
+
+    def __exit__(self, *_exc):
+        if self._saved is None:
+            os.environ.pop("GUILD_HOME", None)
+        else:
+            os.environ["GUILD_HOME"] = self._saved
+
+
+class LogCapture:
+    """Capture guild's log records in a with block; print_all shows them.
+
+    INFO records print as their message, others as `LEVEL: message`.
+    """
+
+    def __init__(self):
+        self.records = []
+        self._logger = logging.getLogger("guild")
+        self._saved = None
+
+    def __enter__(self):
+        capture = self
+
+        class _Handler(logging.Handler):
+            def emit(self, record):
+                capture.records.append(record)
+
+        self._saved = (self._logger.handlers[:], self._logger.level)
+        self._logger.handlers = [_Handler()]
+        self._logger.setLevel(logging.DEBUG)
+        return self
+
+    def __exit__(self, *_exc):
+        self._logger.handlers, level = self._saved
+        self._logger.setLevel(level)
+
+    def print_all(self):
+        for r in self.records:
+            msg = r.getMessage()
+            print(msg if r.levelno == logging.INFO
+                  else "%s: %s" % (r.levelname, msg))
+
+
+class Project:
+    """A project directory and a run store, driven through the CLI."""
+
+    def __init__(self, cwd, guild_home=None):
+        self.cwd = cwd
+        self.guild_home = guild_home or mkdtemp()
+
+    def _cmd(self, args, **kw):
+        return guild_cmd(args, cwd=self.cwd, guild_home=self.guild_home,
+                         **kw)
+
+    @staticmethod
+    def _run_args(op, flags, opts):
+        args = ["run", "-y"]
+        if op:
+            args.append(op)
+        for name, val in sorted((flags or {}).items()):
+            args.append("%s=%s" % (name, guild.encode_flag_val(val)))
+        for name, val in sorted(opts.items()):
+            opt = "--" + name.replace("_", "-")
+            if val is True:
+                args.append(opt)
+            elif val not in (None, False):
+                args += [opt, str(val)]
+        return args
+
+    def run(self, op=None, flags=None, **opts):
+        """Run `guild run -y ...`; print its output (and a bad exit)."""
+        code, out = self._cmd(self._run_args(op, flags, opts))
+        out = out.rstrip("\n")
+        if out:
+            print(out)
+        if code != 0:
+            print("<exit %i>" % code)
+
+    def run_capture(self, op=None, flags=None, **opts):
+        """Run with --run-dir in the store; return (run, output)."""
+        run_dir = path(self.guild_home, "runs", guild.mkid())
+        opts["run_dir"] = run_dir
+        code, out = self._cmd(self._run_args(op, flags, opts))
+        if code != 0:
+            out += "<exit %i>" % code
+        return guild.Run(os.path.basename(run_dir), run_dir), \
+            out.rstrip("\n")
+
+    def guild(self, *args):
+        """Run `guild ARGS...`; print its output (and a bad exit)."""
+        code, out = self._cmd(args)
+        out = out.rstrip("\n")
+        if out:
+            print(out)
+        if code != 0:
+            print("<exit %i>" % code)
+
+    def list_runs(self):
+        """The store's runs, newest first."""
+        return guild.list_runs(path(self.guild_home, "runs"))
+
+    def print_runs(self, runs=None, flags=False, labels=False,
+                   status=False):
+        """Print runs as a table: op, [label], [flags], [status]."""
+        rows = []
+        for run in runs if runs is not None else self.list_runs():
+            row = [run.op_desc]
+            if labels:
+                row.append(run.get("label") or "")
+            if flags:
+                row.append(guild.format_flags(run.flags))
+            if status:
+                row.append(run.status)
+            rows.append(row)
+        for line in guild._format_table(rows):
+            print(line)
+
+    def delete_runs(self):
+        """Delete every run."""
+        self.guild("runs", "delete", "-y")
+
+
+DOCTEST_GLOBS = {
+    "Project": Project, "mkdtemp": mkdtemp, "path": path, "write": write,
+    "sample": sample, "cat": cat, "SetGuildHome": SetGuildHome,
+    "LogCapture": LogCapture, "guild_cmd": guild_cmd,
+}
+
+
+class GuildTestCase(unittest.TestCase):
+    """A test with its own run store and project dir."""
+
+    def setUp(self):
+        self.home = mkdtemp()
+        self.project = mkdtemp()
+        self.addCleanup(_cleanup_temp_dirs)
+        self._env = SetGuildHome(self.home)
+        self._env.__enter__()
+        self.addCleanup(self._env.__exit__)
+
+    def copy_sample(self, *names, project="basic"):
+        for name in names:
+            shutil.copy(sample("projects", project, name), self.project)
+
+    def guild(self, *args, **kw):
+        return guild_cmd(args, cwd=self.project, guild_home=self.home, **kw)
+
+    def runs(self):
+        return guild.list_runs(path(self.home, "runs"))
+
+    def assertGuildError(self, result, message):
+        code, out = result
+        self.assertNotEqual(code, 0, out)
+        self.assertIn("guild: ", out)
+        self.assertIn(message, out)
+        self.assertNotIn("Traceback", out)
+
+
+# ---------------------------------------------------------------------------
+# 4. Small utilities
+# ---------------------------------------------------------------------------
+
+
+class UtilTest(GuildTestCase):
+    def test_mkid_is_32_hex_and_unique(self):
+        ids = {guild.mkid() for _ in range(100)}
+        self.assertEqual(len(ids), 100)
+        for i in ids:
+            self.assertRegex(i, r"^[0-9a-f]{32}$")
+
+    def test_timestamps_strictly_increase(self):
+        stamps = [guild._timestamp() for _ in range(1000)]
+        self.assertEqual(stamps, sorted(set(stamps)))
+
+    def test_write_json_is_atomic_and_leaves_no_temp_files(self):
+        p = path(self.project, "x.json")
+        guild._write_json(p, {"a": 1})
+        guild._write_json(p, {"a": 2})
+        self.assertEqual(guild._read_json(p), {"a": 2})
+        self.assertEqual(os.listdir(self.project), ["x.json"])
+
+    def test_read_json_of_a_broken_file_is_the_default(self):
+        p = path(self.project, "x.json")
+        write(p, "{not json")
+        self.assertEqual(guild._read_json(p, "d"), "d")
+
+    def test_own_process_is_alive(self):
+        self.assertTrue(guild._owner_alive(guild._process_owner()))
+
+    def test_reused_pid_is_not_the_same_process(self):
+        owner = guild._process_owner()
+        owner["start"] = "not-the-start-time"
+        self.assertFalse(guild._owner_alive(owner))
+
+    def test_dead_process_is_not_alive(self):
+        p = subprocess.Popen([sys.executable, "-c", "pass"])
+        owner = guild._process_owner(p.pid)
+        p.wait()
+        self.assertFalse(guild._owner_alive(owner))
+        self.assertFalse(guild._owner_alive(None))
+        self.assertFalse(guild._owner_alive({"pid": "x"}))
+
+
+# ---------------------------------------------------------------------------
+# 5. Locks
+# ---------------------------------------------------------------------------
+
+
+class LockTest(GuildTestCase):
+    def test_lock_file_is_under_guild_home(self):
+        with guild.Lock(guild.RUN_STATUS, timeout=5):
+            self.assertTrue(os.path.exists(
+                path(self.home, "locks", guild.RUN_STATUS)))
+
+    def test_lock_resolves_guild_home_when_acquired(self):
+        lock = guild.Lock("late", timeout=5)
+        other = mkdtemp()
+        with SetGuildHome(other):
+            with lock:
+                pass
+        self.assertTrue(os.path.exists(path(other, "locks", "late")))
+
+    def test_lock_excludes_another_process(self):
+        code = ("import sys, guild\n"
+                "try:\n"
+                "    with guild.Lock('x', timeout=0.2):\n"
+                "        print('acquired')\n"
+                "except guild.LockTimeout as e:\n"
+                "    print('guild: %s' % e)\n")
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        with guild.Lock("x", timeout=5):
+            out = subprocess.run([sys.executable, "-c", code], env=env,
+                                 stdout=subprocess.PIPE,
+                                 check=True).stdout.decode()
+        self.assertIn("timed out after 0.2s waiting for lock 'x'", out)
+        out = subprocess.run([sys.executable, "-c", code], env=env,
+                             stdout=subprocess.PIPE,
+                             check=True).stdout.decode()
+        self.assertEqual(out.strip(), "acquired")
+
+    def test_lock_is_reentrant_in_one_thread(self):
+        with guild.Lock("r", timeout=1):
+            with guild.Lock("r", timeout=1):
+                pass
+        with guild.Lock("r", timeout=1):
+            pass
+
+    def test_release_without_acquire_is_an_error(self):
+        with self.assertRaises(RuntimeError):
+            guild.Lock("r").release()
+
+
+# ---------------------------------------------------------------------------
+# 6. Flags
+# ---------------------------------------------------------------------------
+
+
+class FlagDecodeTest(unittest.TestCase):
+    def test_decode(self):
+        cases = [
+            ("yes", True), ("no", False), ("True", True), ("false", False),
+            ("on", True), ("off", False), ("null", None), ("1", 1),
+            ("-2", -2), ("1.5", 1.5), ("1e-3", 0.001), (".5", 0.5),
+            ("1.", 1.0), ("abc", "abc"), ("'yes'", "yes"), ('"1"', "1"),
+            ("", ""), ("[a,b,c]", ["a", "b", "c"]), ("[1, 2.5, no]",
+                                                     [1, 2.5, False]),
+            ("['a,b', c]", ["a,b", "c"]), ("[]", []), ("1.2.3", "1.2.3"),
+            ("nan", "nan"), ("hi there", "hi there"),
+        ]
+        for text, val in cases:
+            with self.subTest(text=text):
+                decoded = guild.decode_flag_val(text)
+                self.assertEqual(decoded, val)
+                self.assertEqual(type(decoded), type(val))
+
+    def test_encode(self):
+        cases = [
+            (True, "yes"), (False, "no"), (None, "null"), (1, "1"),
+            (0.1, "0.1"), (1e-05, "1e-05"), ("a", "a"), ("hi 1", "'hi 1'"),
+            ("1", "'1'"), ("yes", "'yes'"), ("", "''"),
+            (["a", 1], "[a, 1]"),
+        ]
+        for val, text in cases:
+            with self.subTest(val=val):
+                self.assertEqual(guild.encode_flag_val(val), text)
+
+    def test_encode_decode_round_trip(self):
+        for val in [True, False, None, 0, -3, 2.5, "a", "a b", "1", "no",
+                    ["x", 2, "y z"], "it's"]:
+            with self.subTest(val=val):
+                self.assertEqual(
+                    guild.decode_flag_val(guild.encode_flag_val(val)), val)
+
+    def test_format_flags(self):
+        self.assertEqual(guild.format_flags({"msg": "a", "loud": False}),
+                         "loud=no msg=a")
+        self.assertEqual(guild.format_flags({"msg": "hi 1"}), "msg='hi 1'")
+
+    def test_coerce_by_type(self):
+        c = guild._coerce_flag_val
+        self.assertEqual(c("s", "true", {"type": "string"}), "true")
+        self.assertEqual(c("s", "1", {"type": "string"}), "1")
+        self.assertEqual(c("f", "1", {"type": "float"}), 1.0)
+        self.assertIsInstance(c("f", "1", {"type": "float"}), float)
+        self.assertEqual(c("i", "3", {"type": "int"}), 3)
+        self.assertEqual(c("b", "yes", {"type": "boolean"}), True)
+        self.assertEqual(c("x", "[1,2]", {"type": "float"}), [1.0, 2.0])
+        self.assertEqual(c("x", "[a,b]", {"type": "string"}), ["a", "b"])
+        self.assertEqual(c("u", "1", None), 1)
+        for name, raw, fd in [("i", "1.5", {"type": "int"}),
+                              ("f", "x", {"type": "float"}),
+                              ("b", "maybe", {"type": "boolean"}),
+                              ("c", "z", {"choices": ["a", "b"]})]:
+            with self.assertRaises(guild.FlagError):
+                c(name, raw, fd)
+
+    def test_parse_flag_args(self):
+        self.assertEqual(guild._parse_flag_args(["a=1", "b=x=y", "c="]),
+                         {"a": "1", "b": "x=y", "c": ""})
+        for bad in ["a", "=1", "1a=2"]:
+            with self.assertRaises(guild.FlagError):
+                guild._parse_flag_args([bad])
+
+
+class FlagInferenceTest(GuildTestCase):
+    def test_argparse_flags(self):
+        self.copy_sample("typed.py")
+        mode, defs = guild._script_flagdefs(path(self.project, "typed.py"))
+        self.assertEqual(mode, "args")
+        self.assertEqual(sorted(defs), ["epochs", "lr", "name",
+                                        "no-shuffle", "opt"])
+        self.assertEqual(defs["lr"]["type"], "float")
+        self.assertEqual(defs["lr"]["help"], "learning rate")
+        self.assertEqual(defs["epochs"]["type"], "int")
+        self.assertEqual(defs["name"]["type"], "string")
+        self.assertEqual(defs["opt"]["choices"], ["sgd", "adam"])
+        self.assertEqual(defs["no-shuffle"]["kind"], "store_false")
+        self.assertEqual(defs["no-shuffle"]["default"], True)
+
+    def test_argparse_flags_are_cached_by_content(self):
+        self.copy_sample("typed.py")
+        script = path(self.project, "typed.py")
+        guild._script_flagdefs(script)
+        cache = path(self.home, "cache", "flags")
+        self.assertEqual(len(os.listdir(cache)), 1)
+        guild._script_flagdefs(script)
+        self.assertEqual(len(os.listdir(cache)), 1)
+        with open(script, "a") as f:
+            f.write("# changed\n")
+        guild._script_flagdefs(script)
+        self.assertEqual(len(os.listdir(cache)), 2)
+
+    def test_probe_does_not_run_the_scripts_work(self):
+        write(path(self.project, "s.py"),
+              "import argparse\np = argparse.ArgumentParser()\n"
+              "p.add_argument('--x', default=1)\np.parse_args()\n"
+              "open('worked', 'w').close()\n")
+        mode, defs = guild._script_flagdefs(path(self.project, "s.py"))
+        self.assertEqual((mode, defs["x"]["type"]), ("args", "int"))
+        self.assertFalse(os.path.exists(path(self.project, "worked")))
+
+    def test_globals_flags(self):
+        self.copy_sample("train.py")
+        mode, defs = guild._script_flagdefs(path(self.project, "train.py"))
+        self.assertEqual(mode, "globals")
+        self.assertEqual({n: (d["type"], d["default"])
+                          for n, d in defs.items()},
+                         {"lr": ("float", 0.1), "epochs": ("int", 2),
+                          "name": ("string", "base"),
+                          "fast": ("boolean", False), "seed": (None, None)})
+
+    def test_globals_skip_private_and_non_literals(self):
+        write(path(self.project, "g.py"),
+              "import os\n_hidden = 1\nx = os.getcwd()\ny: int = 3\n"
+              "def f():\n    z = 1\n")
+        _mode, defs = guild._script_flagdefs(path(self.project, "g.py"))
+        self.assertEqual(sorted(defs), ["y"])
+
+    def test_syntax_error_is_a_guild_error(self):
+        write(path(self.project, "bad.py"), "x = (\n")
+        with self.assertRaises(guild.OpError):
+            guild._script_flagdefs(path(self.project, "bad.py"))
+
+    def test_argparse_import_without_parser_falls_back_to_globals(self):
+        write(path(self.project, "a.py"), "import argparse\nx = 1\n")
+        mode, defs = guild._script_flagdefs(path(self.project, "a.py"))
+        self.assertEqual((mode, sorted(defs)), ("globals", ["x"]))
+
+
+# ---------------------------------------------------------------------------
+# 7. Runs and their status
+# ---------------------------------------------------------------------------
+
+
+class StatusTest(GuildTestCase):
+    def make_run(self, staged=True):
+        return guild._init_run(path(self.home, "runs", guild.mkid()),
+                               {"op": {"kind": "script", "name": "x.py"},
+                                "flags": {}}, staged=staged)
+
+    def test_staged_then_pending_then_running_then_completed(self):
+        run = self.make_run()
+        self.assertEqual(run.status, "staged")
+        guild.set_run_pending(run)
+        self.assertEqual(run.status, "pending")
+        guild._write_json(run.guild_path("proc.json"),
+                          guild._process_owner())
+        self.assertEqual(run.status, "running")
+        guild._write_json(run.guild_path("exit.json"),
+                          {"exit_status": 0, "status": "completed"})
+        self.assertEqual(run.status, "completed")
+
+    def test_claim_by_a_dead_process_is_void(self):
+        run = self.make_run()
+        guild._write_json(run.guild_path("PENDING"),
+                          {"pid": os.getpid(), "start": "gone"})
+        self.assertEqual(run.status, "staged")
+        unstaged = self.make_run(staged=False)
+        guild._write_json(unstaged.guild_path("PENDING"),
+                          {"pid": os.getpid(), "start": "gone"})
+        self.assertEqual(unstaged.status, "error")
+
+    def test_process_that_died_without_exit_is_error(self):
+        run = self.make_run()
+        guild._write_json(run.guild_path("proc.json"),
+                          {"pid": os.getpid(), "start": "reused"})
+        self.assertEqual(run.status, "error")
+
+    def test_exit_status_names(self):
+        self.assertEqual(guild._exit_status_name(0, False), "completed")
+        self.assertEqual(guild._exit_status_name(2, False), "error")
+        self.assertEqual(guild._exit_status_name(-signal.SIGTERM, False),
+                         "terminated")
+        self.assertEqual(guild._exit_status_name(0, True), "terminated")
+        if not IS_WINDOWS:
+            self.assertEqual(guild._exit_status_name(-signal.SIGKILL,
+                                                     False), "error")
+
+    def test_half_created_run_dir_is_not_a_run(self):
+        os.makedirs(path(self.home, "runs", guild.mkid(), ".guild"))
+        self.make_run()
+        self.assertEqual(len(self.runs()), 1)
+
+
+# ---------------------------------------------------------------------------
+# 8. Listing and selecting runs
+# ---------------------------------------------------------------------------
+
+
+class SelectTest(GuildTestCase):
+    def setUp(self):
+        super().setUp()
+        self.ids = ["aaaa1111" + "0" * 24, "aaaa2222" + "0" * 24,
+                    "bbbb3333" + "0" * 24]
+        for run_id in self.ids:
+            guild._init_run(path(self.home, "runs", run_id),
+                            {"op": {"kind": "script", "name": "x.py"}},
+                            staged=True)
+
+    def test_newest_first(self):
+        self.assertEqual([r.id for r in self.runs()],
+                         list(reversed(self.ids)))
+
+    def test_select_by_index_id_and_prefix(self):
+        runs = self.runs()
+        sel = guild.select_runs(["1", "aaaa1", self.ids[1]], runs)
+        self.assertEqual([r.id for r in sel],
+                         [self.ids[2], self.ids[0], self.ids[1]])
+
+    def test_ambiguous_and_unknown(self):
+        with self.assertRaisesRegex(guild.RunError, "matches 2 runs"):
+            guild.select_runs(["aaaa"], self.runs())
+        with self.assertRaisesRegex(guild.RunError, "could not find"):
+            guild.select_runs(["zzz"], self.runs())
+        with self.assertRaisesRegex(guild.RunError, "could not find"):
+            guild.select_runs(["9"], self.runs())
+
+    def test_cli_errors(self):
+        self.assertGuildError(self.guild("runs", "info", "aaaa"),
+                              "'aaaa' matches 2 runs")
+        self.assertGuildError(self.guild("runs", "delete", "zz", "-y"),
+                              "could not find a run matching 'zz'")
+        self.assertEqual(len(self.runs()), 3)
+
+
+class ListTest(GuildTestCase):
+    def test_list_shows_first_20_with_footer(self):
+        for _ in range(23):
+            guild._init_run(path(self.home, "runs", guild.mkid()),
+                            {"op": {"kind": "script", "name": "x.py"},
+                             "label": "a=1"}, staged=True)
+        code, out = self.guild("runs")
+        lines = out.splitlines()
+        self.assertEqual(code, 0)
+        self.assertEqual(len(lines), 21)
+        self.assertRegex(lines[0], r"^\[1:[0-9a-f]{8}\] +x\.py  "
+                         r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d  staged  a=1$")
+        self.assertIn("Showing the first 20 runs (23 total)", lines[-1])
+        self.assertEqual(len(self.guild("runs", "-a")[1].splitlines()), 23)
+        self.assertEqual(len(self.guild("runs", "list", "-n", "5")[1]
+                             .splitlines()), 6)
+
+    def test_empty_store_lists_nothing(self):
+        self.assertEqual(self.guild("runs"), (0, ""))
+
+    def test_guild_home_that_is_a_file(self):
+        bad = path(self.project, "file")
+        write(bad, "")
+        self.copy_sample("train.py")
+        result = guild_cmd(["run", "train.py", "-y"], cwd=self.project,
+                           guild_home=bad)
+        self.assertGuildError(result, "")
+        self.assertIn("Not a directory", result[1])
+
+
+# ---------------------------------------------------------------------------
+# 9. Operations through the CLI
+# ---------------------------------------------------------------------------
+
+
+class RunTest(GuildTestCase):
+    def test_run_records_everything(self):
+        self.copy_sample("say.py", project="batch")
+        code, out = self.guild("run", "say.py", "msg=hi there", "-y")
+        self.assertEqual((code, out), (0, "hi there\n"))
+        [run] = self.runs()
+        self.assertEqual(run.status, "completed")
+        self.assertEqual(run.flags, {"msg": "hi there", "loud": False})
+        self.assertEqual(run.get("label"), "loud=no msg='hi there'")
+        self.assertEqual(run.get("exit_status"), 0)
+        self.assertLessEqual(run.get("started"), run.get("stopped"))
+        self.assertEqual(run.opref.to_opspec(), "say.py")
+        with open(run.guild_path("output")) as f:
+            self.assertEqual(f.read(), "hi there\n")
+        self.assertTrue(os.path.exists(path(run.dir, "say.py")))
+        code, out = self.guild("cat", "--output")
+        self.assertEqual(out, "hi there\n")
+
+    def test_run_exits_with_script_exit_code(self):
+        self.copy_sample("fail.py")
+        code, out = self.guild("run", "fail.py", "code=5", "-y")
+        self.assertEqual(code, 5)
+        self.assertEqual(out, "failing with 5\n")
+        self.assertEqual(self.runs()[0].status, "error")
+        self.assertEqual(self.runs()[0].get("exit_status"), 5)
+
+    def test_globals_are_replaced(self):
+        self.copy_sample("train.py")
+        code, out = self.guild("run", "train.py", "lr=1", "name=true",
+                               "fast=yes", "seed=7", "-y")
+        self.assertEqual(out, "lr=1.0 epochs=2 name=true fast=True seed=7\n")
+        self.assertEqual(self.runs()[0].flags, {
+            "lr": 1.0, "epochs": 2, "name": "true", "fast": True,
+            "seed": 7})
+
+    def test_argparse_types(self):
+        self.copy_sample("typed.py")
+        code, out = self.guild("run", "typed.py", "lr=1", "name=7",
+                               "no-shuffle=no", "opt=adam", "-y")
+        self.assertEqual(code, 0, out)
+        self.assertIn("('lr', 1.0)", out)
+        self.assertIn("('name', '7')", out)
+        self.assertIn("('opt', 'adam')", out)
+        self.assertIn("('shuffle', False)", out)
+        self.assertGuildError(self.guild("run", "typed.py", "opt=x", "-y"),
+                              "invalid value x for opt: choose from sgd, "
+                              "adam")
+        self.assertGuildError(
+            self.guild("run", "typed.py", "epochs=1.5", "-y"),
+            "invalid value 1.5 for epochs: expected an integer")
+        self.assertEqual(len(self.runs()), 1)
+
+    def test_run_env_and_cwd(self):
+        self.copy_sample("env.py")
+        code, out = self.guild("run", "env.py", "--gpus", "1", "-y")
+        run = self.runs()[0]
+        self.assertIn("RUN_DIR=%s\n" % run.dir, out)
+        self.assertIn("RUN_ID=%s\n" % run.id, out)
+        self.assertIn("CUDA_VISIBLE_DEVICES=1\n", out)
+        self.assertIn("cwd=%s\n" % os.path.realpath(run.dir),
+                      out.replace(run.dir, os.path.realpath(run.dir)))
+
+    def test_unknown_flag_and_force_flags(self):
+        self.copy_sample("train.py")
+        self.assertGuildError(self.guild("run", "train.py", "foo=1", "-y"),
+                              "unsupported flag 'foo'")
+        self.assertEqual(self.runs(), [])
+        code, out = self.guild("run", "train.py", "foo=1", "--force-flags",
+                               "-y")
+        self.assertEqual(code, 0, out)
+        self.assertEqual(self.runs()[0].flags["foo"], 1)
+
+    def test_help_op(self):
+        self.copy_sample("typed.py")
+        code, out = self.guild("run", "typed.py", "--help-op")
+        self.assertEqual(code, 0)
+        self.assertIn("Usage: guild run [OPTIONS] typed.py [FLAG]...", out)
+        self.assertIn("lr          learning rate (default is 0.1)", out)
+        self.assertIn("Choices: sgd, adam", out)
+        self.assertEqual(self.runs(), [])
+
+    def test_bad_input_errors_leave_no_run(self):
+        self.copy_sample("train.py")
+        cases = [
+            (["nosuch"], "argument COMMAND: invalid choice: 'nosuch'"),
+            (["run", "missing.py", "-y"], "cannot find script 'missing.py'"),
+            (["run", "train.py", "lr", "-y"],
+             "invalid argument 'lr': expected NAME=VALUE"),
+            (["run", "train.py", "lr=abc", "-y"],
+             "invalid value abc for lr: expected a number"),
+            (["run", "train.py", "--nosuch"], "unrecognized arguments"),
+            (["run", "-y"], "missing operation"),
+            (["run", "--start", "nosuch", "-y"],
+             "could not find a run matching 'nosuch'"),
+            (["cat", "--output"], "could not find a run matching '1'"),
+        ]
+        for args, message in cases:
+            with self.subTest(args=args):
+                self.assertGuildError(self.guild(*args), message)
+        self.assertEqual(os.listdir(self.home) if os.path.exists(
+            path(self.home, "runs")) is False else
+            os.listdir(path(self.home, "runs")), [])
+
+    def test_confirmation(self):
+        self.copy_sample("train.py")
+        code, out = self.guild("run", "train.py", "lr=0.5", input="n\n")
+        self.assertIn("You are about to run train.py\n", out)
+        self.assertIn("  lr: 0.5\n", out)
+        self.assertGuildError((code, out), "aborted")
+        self.assertEqual(self.runs(), [])
+        code, out = self.guild("run", "train.py", input="\n")
+        self.assertEqual(code, 0, out)
+        self.assertEqual(len(self.runs()), 1)
+
+    def test_label_stage_start_restart(self):
+        self.copy_sample("train.py")
+        code, out = self.guild("run", "train.py", "lr=0.2", "--stage",
+                               "--label", "first", "-y")
+        run = self.runs()[0]
+        self.assertEqual(out, "train.py staged as %s\nTo start the "
+                         "operation, use 'guild run --start %s'\n"
+                         % (run.id, run.id))
+        self.assertEqual((run.status, run.get("label")), ("staged", "first"))
+        code, out = self.guild("run", "--start", run.id[:6], "-y")
+        self.assertIn("lr=0.2 ", out)
+        self.assertEqual(run.status, "completed")
+        self.assertGuildError(self.guild("run", "--start", "1", "-y"),
+                              "status is 'completed' but expected 'staged'")
+        code, out = self.guild("run", "--restart", "1", "lr=0.3", "-y")
+        self.assertIn("lr=0.3 ", out)
+        self.assertEqual(run.flags["lr"], 0.3)
+        self.assertEqual(run.status, "completed")
+        self.assertEqual(len(self.runs()), 1)
+
+    def test_run_dir(self):
+        self.copy_sample("train.py")
+        run_dir = path(mkdtemp(), "myrun")
+        code, out = self.guild("run", "train.py", "--run-dir", run_dir,
+                               "--stage", "-y")
+        self.assertEqual(out, "train.py staged in '%s'\nTo start the "
+                         "operation, use 'guild run --start %s'\n"
+                         % (run_dir, run_dir))
+        code, out = self.guild("run", "--start", run_dir, "-y")
+        self.assertEqual(code, 0, out)
+        self.assertEqual(guild._run_for_dir(run_dir).status, "completed")
+
+    def test_source_snapshot_skips_guild_home_and_hidden(self):
+        self.copy_sample("train.py")
+        os.makedirs(path(self.project, ".git"))
+        write(path(self.project, ".git", "config"), "x")
+        os.makedirs(path(self.project, "pkg"))
+        write(path(self.project, "pkg", "mod.py"), "x = 1\n")
+        write(path(self.project, "data.bin"), "\0\1\2")
+        home = path(self.project, "store")
+        code, out = guild_cmd(["run", "train.py", "-y"], cwd=self.project,
+                              guild_home=home)
+        self.assertEqual(code, 0, out)
+        [run] = guild.list_runs(path(home, "runs"))
+        self.assertEqual(sorted(run.get("sourcecode")),
+                         ["pkg/mod.py", "train.py"])
+
+    def test_staged_run_runs_the_code_as_staged(self):
+        self.copy_sample("train.py")
+        self.guild("run", "train.py", "--stage", "-y")
+        write(path(self.project, "train.py"), "print('changed')\n")
+        code, out = self.guild("run", "--start", "1", "-y")
+        self.assertIn("lr=0.1", out)
+
+    def test_delete(self):
+        self.copy_sample("train.py")
+        for _ in range(3):
+            self.guild("run", "train.py", "-y")
+        code, out = self.guild("runs", "delete", "1", input="n\n")
+        self.assertIn("You are about to delete the following runs:", out)
+        self.assertEqual(len(self.runs()), 3)
+        code, out = self.guild("runs", "delete", "1", "2", "-y")
+        self.assertEqual(out, "Deleted 2 run(s)\n")
+        self.assertEqual(len(self.runs()), 1)
+        code, out = self.guild("runs", "rm", input="y\n")
+        self.assertIn("Deleted 1 run(s)", out)
+        self.assertEqual(self.runs(), [])
+
+    def test_runs_info(self):
+        self.copy_sample("train.py")
+        self.guild("run", "train.py", "lr=0.5", "-y")
+        code, out = self.guild("runs", "info")
+        run = self.runs()[0]
+        for line in ["id: %s" % run.id, "operation: train.py",
+                     "status: completed", "exit_status: 0", "flags:",
+                     "  lr: 0.5", "run_dir: %s" % run.dir]:
+            self.assertIn(line + "\n", out)
+
+    def test_help_and_version(self):
+        for args in [["--help"], ["run", "--help"], ["runs", "--help"],
+                     ["runs", "list", "--help"], ["runs", "info", "--help"],
+                     ["runs", "delete", "--help"], ["cat", "--help"]]:
+            with self.subTest(args=args):
+                code, out = self.guild(*args)
+                self.assertEqual(code, 0)
+                self.assertIn("usage: guild", out)
+        self.assertEqual(self.guild("--version"),
+                         (0, "guild.py %s\n" % guild.__version__))
+
+    @unittest.skipIf(IS_WINDOWS, "POSIX signals")
+    def test_sigterm_leaves_run_terminated(self):
+        self.copy_sample("sleep.py")
+        p = subprocess.Popen(
+            [sys.executable, GUILD_PY, "run", "sleep.py", "-y"],
+            cwd=self.project, env=dict(os.environ, GUILD_HOME=self.home),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.assertEqual(p.stdout.readline(), b"sleeping\n")
+        self.assertEqual(self.runs()[0].status, "running")
+        p.send_signal(signal.SIGTERM)
+        self.assertEqual(p.wait(timeout=30), 128 + signal.SIGTERM)
+        p.stdout.close()
+        self.assertEqual(self.runs()[0].status, "terminated")
+
+    @unittest.skipIf(IS_WINDOWS, "POSIX signals")
+    def test_ctrl_c_leaves_run_terminated(self):
+        self.copy_sample("sleep.py")
+        p = subprocess.Popen(
+            [sys.executable, GUILD_PY, "run", "sleep.py", "-y"],
+            cwd=self.project, env=dict(os.environ, GUILD_HOME=self.home),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.assertEqual(p.stdout.readline(), b"sleeping\n")
+        p.send_signal(signal.SIGINT)
+        self.assertEqual(p.wait(timeout=30), 128 + signal.SIGINT)
+        p.stdout.close()
+        self.assertEqual(self.runs()[0].status, "terminated")
+
+    @unittest.skipIf(IS_WINDOWS, "POSIX signals")
+    def test_killed_supervisor_and_script_is_error_not_running(self):
+        self.copy_sample("sleep.py")
+        p = subprocess.Popen(
+            [sys.executable, GUILD_PY, "run", "sleep.py", "-y"],
+            cwd=self.project, env=dict(os.environ, GUILD_HOME=self.home),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.assertEqual(p.stdout.readline(), b"sleeping\n")
+        run = self.runs()[0]
+        child = run.get("child") or guild._read_json(
+            run.guild_path("proc.json"))["child"]
+        p.kill()
+        p.wait()
+        p.stdout.close()
+        self.assertEqual(run.status, "running")  # the script still runs
+        os.kill(child["pid"], signal.SIGKILL)
+        for _ in range(100):
+            if run.status != "running":
+                break
+            time.sleep(0.05)
+        self.assertEqual(run.status, "error")
+
+
+# ---------------------------------------------------------------------------
+# 10-11. Batches and the queue
+# ---------------------------------------------------------------------------
+
+
+class BatchTest(GuildTestCase):
+    def test_grid_order_and_failed_trial(self):
+        self.copy_sample("fail.py")
+        code, out = self.guild("run", "fail.py", "code=[0,2,0]", "-y")
+        self.assertEqual(code, 0, out)
+        runs = self.runs()
+        self.assertEqual([r.op_desc for r in runs],
+                         ["fail.py"] * 3 + ["fail.py+"])
+        self.assertEqual([r.status for r in runs],
+                         ["completed", "error", "completed", "completed"])
+        self.assertIn("exited with an error (2)", out)
+        self.assertEqual(runs[1].get("batch"), runs[3].id)
+
+    def test_cartesian_product_in_name_then_value_order(self):
+        self.assertEqual(
+            guild._trial_flag_sets({"b": [1, 2], "a": ["x", "y"], "c": 0}),
+            [{"a": "x", "b": 1, "c": 0}, {"a": "x", "b": 2, "c": 0},
+             {"a": "y", "b": 1, "c": 0}, {"a": "y", "b": 2, "c": 0}])
+
+    def test_batch_output_holds_trial_output(self):
+        self.copy_sample("say.py", project="batch")
+        self.guild("run", "say.py", "msg=[a,b]", "-y")
+        batch = self.runs()[-1]
+        with open(batch.guild_path("output")) as f:
+            text = f.read()
+        self.assertIn("Running trial", text)
+        self.assertIn("a\n", text)
+        self.assertIn("b\n", text)
+
+
+class QueueTest(GuildTestCase):
+    def stage(self, *flags, gpus=None):
+        args = ["run", "say.py", "--stage", "-y"] + list(flags)
+        if gpus:
+            args += ["--gpus", gpus]
+        code, out = self.guild(*args)
+        self.assertEqual(code, 0, out)
+
+    def test_queue_gpus_match(self):
+        self.copy_sample("say.py", project="batch")
+        self.stage("msg=any")
+        self.stage("msg=one", gpus="1")
+        code, out = self.guild("run", "queue", "run-once=yes", "gpus=0",
+                               "-y")
+        self.assertIn("any\n", out)
+        self.assertNotIn("one\n", out)
+        code, out = self.guild("run", "queue", "run-once=yes", "gpus=1",
+                               "-y")
+        self.assertIn("one\n", out)
+        self.assertEqual([r.status for r in self.runs()
+                          if r.opref.kind != "queue"], ["completed"] * 2)
+
+    def test_queue_waits_for_running_runs(self):
+        self.copy_sample("say.py", project="batch")
+        self.copy_sample("sleep.py")
+        self.stage("msg=queued")
+        p = subprocess.Popen(
+            [sys.executable, GUILD_PY, "run", "sleep.py", "seconds=2",
+             "-y"], cwd=self.project,
+            env=dict(os.environ, GUILD_HOME=self.home),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.assertEqual(p.stdout.readline(), b"sleeping\n")
+        code, out = self.guild("run", "queue", "run-once=yes",
+                               "poll-interval=1", "-y")
+        p.wait()
+        p.stdout.close()
+        self.assertIn("Waiting for running runs", out)
+        self.assertIn("queued\n", out)
+        sleep_run = [r for r in self.runs() if r.op_desc == "sleep.py"][0]
+        say_run = [r for r in self.runs() if r.op_desc == "say.py"][0]
+        self.assertGreater(say_run.get("started"), sleep_run.get("stopped"))
+
+    def test_failing_staged_run_is_logged_and_queue_goes_on(self):
+        self.copy_sample("fail.py")
+        self.guild("run", "fail.py", "--stage", "-y")
+        self.guild("run", "fail.py", "code=0", "--stage", "-y")
+        code, out = self.guild("run", "queue", "run-once=yes", "-y")
+        self.assertEqual(code, 0)
+        self.assertIn("exited with an error (3)", out)
+        self.assertIn("failing with 0", out)
+
+    @unittest.skipIf(IS_WINDOWS, "POSIX signals")
+    def test_sigterm_stops_queue_and_its_run(self):
+        self.copy_sample("sleep.py")
+        self.guild("run", "sleep.py", "--stage", "-y")
+        p = subprocess.Popen(
+            [sys.executable, GUILD_PY, "run", "queue", "poll-interval=1",
+             "-y"], cwd=self.project,
+            env=dict(os.environ, GUILD_HOME=self.home),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        while b"sleeping" not in p.stdout.readline():
+            pass
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=30)
+        p.stdout.close()
+        self.assertEqual(sorted((r.op_desc, r.status) for r in self.runs()),
+                         [("queue", "terminated"),
+                          ("sleep.py", "terminated")])
+
+    def test_several_queues_start_each_run_once(self):
+        write(path(self.project, "mark.py"),
+              "import os\ni = 0\n"
+              "open(os.path.join(os.environ['MARKS'], str(i)), 'a')"
+              ".write('x')\n")
+        code, out = self.guild("run", "mark.py", "i=[%s]" % ",".join(
+            str(i) for i in range(12)), "--stage-trials", "-y")
+        self.assertEqual(code, 0, out)
+        marks = mkdtemp()
+        env = dict(os.environ, GUILD_HOME=self.home, MARKS=marks)
+        procs = [subprocess.Popen(
+            [sys.executable, GUILD_PY, "run", "queue", "run-once=yes",
+             "ignore-running=yes", "-y"], cwd=self.project, env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for _ in range(3)]
+        for p in procs:
+            self.assertEqual(p.wait(timeout=120), 0)
+        self.assertEqual(sorted(os.listdir(marks), key=int),
+                         [str(i) for i in range(12)])
+        for name in os.listdir(marks):
+            with open(path(marks, name)) as f:
+                self.assertEqual(f.read(), "x")
+        self.assertEqual({r.status for r in self.runs()}, {"completed"})
+
+
+# ---------------------------------------------------------------------------
+# 12-14. API and packaging
+# ---------------------------------------------------------------------------
+
+
+class PackagingTest(unittest.TestCase):
+    def test_copied_file_alone_runs_with_isolated_python(self):
+        d = mkdtemp()
+        self.addCleanup(_cleanup_temp_dirs)
+        shutil.copy(GUILD_PY, d)
+        write(path(d, "hello.py"), "msg = 'hi'\nprint(msg)\n")
+        env = {"GUILD_HOME": path(d, "home"), "PATH": os.environ["PATH"]}
+        if IS_WINDOWS:
+            env["SYSTEMROOT"] = os.environ.get("SYSTEMROOT", "")
+        out = subprocess.run(
+            [sys.executable, "-I", "guild.py", "run", "hello.py", "msg=yo",
+             "-y"], cwd=d, env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, check=False)
+        self.assertEqual(out.stdout.decode(), "yo\n")
+        self.assertEqual(out.returncode, 0)
+
+    def test_namespaces(self):
+        from guild import batch_util, lock, op_util, run
+        import guild.batch_util
+        self.assertIs(guild.batch_util, batch_util)
+        self.assertIs(batch_util.init_trial_run, guild.init_trial_run)
+        self.assertIs(op_util.set_run_pending, guild.set_run_pending)
+        self.assertIs(lock.Lock, guild.Lock)
+        self.assertEqual(lock.RUN_STATUS, "run-status")
+        self.assertRegex(run.mkid(), "^[0-9a-f]{32}$")
+
+    def test_public_names_documented(self):
+        for name in guild.__all__:
+            self.assertTrue(getattr(guild, name).__doc__, name)
+
+    def test_main_returns_exit_code(self):
+        with SetGuildHome(mkdtemp()):
+            self.addCleanup(_cleanup_temp_dirs)
+            err = io.StringIO()
+            saved = sys.stderr
+            sys.stderr = err
+            try:
+                self.assertEqual(guild.main(["runs", "info"]), 1)
+            finally:
+                sys.stderr = saved
+        self.assertIn("guild: could not find a run matching '1'",
+                      err.getvalue())
+
+
+# ---------------------------------------------------------------------------
+# Doctest files
+# ---------------------------------------------------------------------------
+
+
+def _doctest_files():
+    found = []
+    for root, _dirs, files in os.walk(SAMPLES):
+        found += [path(root, f) for f in files if f.endswith(".md")]
+    return sorted(found)
+
+
+def load_tests(loader, tests, pattern):
+    for filename in _doctest_files():
+        tests.addTest(doctest.DocFileSuite(
+            filename, module_relative=False, globs=dict(DOCTEST_GLOBS),
+            optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
+            tearDown=lambda _test: _cleanup_temp_dirs()))
+    return tests
+
+
+def _main():
+    """Run the tests; end with a `N passed, N failed` line for CI."""
+    prog = unittest.main(module=__name__, exit=False)
+    result = prog.result
+    failed = len(result.failures) + len(result.errors) + len(
+        getattr(result, "unexpectedSuccesses", []))
+    passed = result.testsRun - failed - len(result.skipped)
+    print("test_guild: %d passed, %d failed, %d skipped"
+          % (passed, failed, len(result.skipped)))
+    return 0 if result.wasSuccessful() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
