@@ -120,6 +120,7 @@ MAX_SOURCE_FILES = 100
 MAX_SOURCE_FILE_SIZE = 1024 * 1024
 FLAGS_PROBE_TIMEOUT = 60
 STOP_GRACE_SECONDS = 10
+INDEX_VERIFY_SECONDS = 60
 
 # Files in a run's `.guild` directory. Each says one thing about the run.
 RUN_ATTRS = "run.json"  # what the run is: op, flags, label, created ...
@@ -714,37 +715,6 @@ with open(script, "rb") as f:
 exec(code, main.__dict__)
 """
 
-# Runs a globals-style script with its flag assignments replaced.
-_GLOBALS_RUNNER = r"""
-import ast, json, os, sys, types
-script, flags = sys.argv[1], json.loads(sys.argv[2])
-with open(script, "rb") as f:
-    tree = ast.parse(f.read(), script)
-def const(v):
-    if isinstance(v, list):
-        return ast.List(elts=[const(x) for x in v], ctx=ast.Load())
-    return ast.Constant(value=v)
-for node in tree.body:
-    if isinstance(node, ast.Assign):
-        targets = node.targets
-    elif isinstance(node, ast.AnnAssign) and node.value is not None:
-        targets = [node.target]
-    else:
-        continue
-    if len(targets) == 1 and isinstance(targets[0], ast.Name) \
-            and targets[0].id in flags:
-        node.value = ast.copy_location(const(flags[targets[0].id]),
-                                       node.value)
-ast.fix_missing_locations(tree)
-sys.argv = [script]
-sys.path[0] = os.path.dirname(os.path.abspath(script))
-main = types.ModuleType("__main__")
-main.__file__ = script
-sys.modules["__main__"] = main
-exec(compile(tree, script, "exec"), main.__dict__)
-"""
-
-
 def _script_flagdefs(script_path):
     """Return (mode, flagdefs) for a script: mode is args or globals."""
     with open(script_path, "rb") as f:
@@ -933,6 +903,12 @@ class Run:
         """staged, pending, running, completed, error or terminated."""
         return run_status(self.dir)
 
+    def __eq__(self, other):
+        return isinstance(other, Run) and other.id == self.id
+
+    def __hash__(self):
+        return hash(self.id)
+
     def __repr__(self):
         return "<guild.Run %s>" % self.id
 
@@ -950,16 +926,17 @@ def run_status(run_dir):
     """Derive a run's status from the files in its .guild directory.
 
     Nothing is guessed: an exit record says how a run ended; a process
-    record means running if that very process (pid plus start time) is
-    alive, and error if it died before recording an exit. A claim by a
-    live process means pending; a dead claimer's claim is void.
+    record means running if that very process (pid plus start time), or
+    the script it started, is alive, and error if both died before an exit
+    was recorded. A claim by a live process means pending; a dead
+    claimer's claim is void, so its run is staged again.
     """
     gdir = os.path.join(run_dir, ".guild")
     exit_attrs = _read_json(os.path.join(gdir, EXIT_ATTRS))
     if isinstance(exit_attrs, dict):
         return exit_attrs.get("status", "error")
     proc = _read_json(os.path.join(gdir, PROC_ATTRS))
-    if proc is not None:
+    if isinstance(proc, dict):
         alive = _owner_alive(proc) or _owner_alive(proc.get("child"))
         return "running" if alive else "error"
     claim = _read_json(os.path.join(gdir, PENDING_CLAIM))
@@ -968,6 +945,19 @@ def run_status(run_dir):
     if os.path.exists(os.path.join(gdir, STAGED_MARKER)):
         return "staged"
     return "error"
+
+
+def _status_reason(run):
+    """Why a run is in an error state it did not record, or ''."""
+    if os.path.exists(run.guild_path(EXIT_ATTRS)):
+        return ""
+    proc = _read_json(run.guild_path(PROC_ATTRS))
+    if isinstance(proc, dict) and run.status == "error":
+        return ("its process (pid %s) died without recording an exit"
+                % proc.get("pid"))
+    if proc is None and run.status == "error":
+        return "it was never started"
+    return ""
 
 
 def set_run_pending(run):
@@ -986,33 +976,281 @@ def _exit_status_name(exit_status, stopped_by_user):
 
 
 # ---------------------------------------------------------------------------
-## 8. The run store: listing and selecting runs
+## 8. The run store: indexes, the listing cache, selecting runs
 # ---------------------------------------------------------------------------
+#
+# The run directories are the truth. Everything under GUILD_HOME/cache can
+# be deleted and is rebuilt from them:
+#
+#   cache/index/staged/<created>-<id>   one entry per staged run, so a queue
+#                                       claims the oldest without a scan
+#   cache/index/claims/<created>-<id>   runs claimed but not yet started
+#   cache/index/running/<id>            runs whose process is running
+#   cache/runs.json                     what listings need, one read for all
+#
+# Index entries are written before the run state they announce, so a crash
+# leaves an extra entry (dropped when found stale), never a missing one.
+
+INDEX_VERSION = "1"
+_RACY_NS = 2 * 10 ** 9  # mtimes this close to a read are not trusted
+_ORPHAN_ENTRY_US = 60 * 10 ** 6  # age at which an entry with no run is junk
 
 
-def _run_sort_key(run):
-    proc = _read_json(run.guild_path(PROC_ATTRS)) or {}
-    return proc.get("started") or run.get("created") or 0
+def _home_for_runs_dir(runs_dir):
+    return os.path.dirname(os.path.abspath(runs_dir))
 
 
-def list_runs(runs_dir=None):
-    """All runs in the store, newest first (by start, else creation)."""
-    runs_dir = runs_dir or _runs_dir()
+def _index_dir(kind, home=None):
+    return os.path.join(home or _guild_home(), "cache", "index", kind)
+
+
+def _index_name(run_id, created):
+    return "%020d-%s" % (created or 0, run_id)
+
+
+def _index_put(kind, name, data, home=None):
+    d = _index_dir(kind, home)
+    _ensure_dir(d)
+    _write_json(os.path.join(d, name), data)
+
+
+def _index_drop(kind, name, home=None):
+    _remove(os.path.join(_index_dir(kind, home), name))
+
+
+def _index_names(kind, home=None):
+    try:
+        return sorted(n for n in os.listdir(_index_dir(kind, home))
+                      if not n.endswith(".tmp"))
+    except FileNotFoundError:
+        return []
+
+
+def _index_run_id(name):
+    run_id = name.rpartition("-")[2]
+    return run_id if len(run_id) == RUN_ID_LEN else None
+
+
+def _index_created(name):
+    head = name.partition("-")[0]
+    return int(head) if head.isdigit() else 0
+
+
+def _claim_staged(run):
+    """Claim a staged run for this process; call under the status lock.
+
+    Returns the status the run had; the claim is made only if staged.
+    """
+    status = run.status
+    if status == "staged":
+        owner = _process_owner()
+        name = _index_name(run.id, run.get("created"))
+        _index_put("claims", name, owner)
+        set_run_pending(run)
+        _index_drop("staged", name)
+    return status
+
+
+def _mark_started(run):
+    """Drop a run's staged state once its process record is written."""
+    _remove(run.guild_path(STAGED_MARKER))
+    _remove(run.guild_path(PENDING_CLAIM))
+    name = _index_name(run.id, run.get("created"))
+    _index_drop("staged", name)
+    _index_drop("claims", name)
+
+
+def _restage_dead_claims():
+    """Put runs whose claimer died back in the staged index.
+
+    Call under the status lock. A run that started before its claimer
+    died is not staged again: it ends error, or completes on its own.
+    """
+    for name in _index_names("claims"):
+        run_id = _index_run_id(name)
+        run_dir = os.path.join(_runs_dir(), run_id or "-")
+        if not run_id or not os.path.exists(
+                os.path.join(run_dir, ".guild", RUN_ATTRS)):
+            _index_drop("claims", name)
+            continue
+        status = run_status(run_dir)
+        if status == "staged":
+            _remove(os.path.join(run_dir, ".guild", PENDING_CLAIM))
+            _index_put("staged", name, {})
+            _index_drop("claims", name)
+            log.info("Run %s was claimed by a process that died; it is "
+                     "staged again", run_id)
+        elif status != "pending":
+            _index_drop("claims", name)
+
+
+def _ensure_index():
+    """Build the index from the run directories if it is missing."""
+    marker = os.path.join(_guild_home(), "cache", "index", "version")
+    try:
+        with open(marker) as f:
+            if f.read().strip() == INDEX_VERSION:
+                return
+    except OSError:
+        pass
+    _reconcile_index()
+    _ensure_dir(os.path.dirname(marker))
+    with open(marker, "w") as f:
+        f.write(INDEX_VERSION)
+
+
+def _reconcile_index():
+    """Make the index agree with the run directories; under the lock.
+
+    Adds what is missing and drops what is stale. An entry for a run
+    directory still being created (no run.json yet) is left alone.
+    """
+    want = {"staged": set(), "claims": set(), "running": set()}
+    runs_dir = _runs_dir()
     try:
         names = os.listdir(runs_dir)
+    except FileNotFoundError:
+        names = []
+    created = {}
+    for run_id in names:
+        run_dir = os.path.join(runs_dir, run_id)
+        attrs = _read_json(os.path.join(run_dir, ".guild", RUN_ATTRS))
+        if not isinstance(attrs, dict):
+            continue
+        status = run_status(run_dir)
+        created[run_id] = attrs.get("created")
+        name = _index_name(run_id, attrs.get("created"))
+        if status == "staged":
+            want["staged"].add(name)
+        elif status == "pending" and os.path.exists(
+                os.path.join(run_dir, ".guild", STAGED_MARKER)):
+            want["claims"].add(name)
+        elif status == "running":
+            want["running"].add(run_id)
+    for kind, names_wanted in want.items():
+        have = set(_index_names(kind))
+        for name in names_wanted - have:
+            if kind == "running":
+                run_dir = os.path.join(runs_dir, name)
+                proc = _read_json(os.path.join(run_dir, ".guild",
+                                               PROC_ATTRS)) or {}
+                attrs = _read_json(os.path.join(run_dir, ".guild",
+                                                RUN_ATTRS)) or {}
+                _index_put(kind, name, _running_entry(attrs, proc))
+            else:
+                data = _read_json(os.path.join(
+                    runs_dir, _index_run_id(name), ".guild",
+                    PENDING_CLAIM)) if kind == "claims" else {}
+                _index_put(kind, name, data or {})
+        for name in have - names_wanted:
+            run_id = name if kind == "running" else _index_run_id(name)
+            if run_id in created or (
+                    _timestamp() - _index_created(name) > _ORPHAN_ENTRY_US):
+                _index_drop(kind, name)
+
+
+def _running_entry(attrs, owner):
+    return {"pid": owner.get("pid"), "start": owner.get("start"),
+            "kind": (attrs.get("op") or {}).get("kind")}
+
+
+def _other_runs_running():
+    """True if a run other than a queue is running (from the index)."""
+    for name in _index_names("running"):
+        entry = _read_json(os.path.join(_index_dir("running"), name))
+        run_dir = os.path.join(_runs_dir(), name)
+        if not isinstance(entry, dict) or not os.path.isdir(run_dir):
+            _index_drop("running", name)
+            continue
+        if _owner_alive(entry):
+            if entry.get("kind") != "queue":
+                return True
+            continue
+        if run_status(run_dir) == "running":  # an orphaned script
+            return True
+        _index_drop("running", name)
+    return False
+
+
+def _run_summary(run_id, run_dir, mtime, now):
+    """What listings need of one run, read from its directory."""
+    gdir = os.path.join(run_dir, ".guild")
+    attrs = _read_json(os.path.join(gdir, RUN_ATTRS))
+    if not isinstance(attrs, dict):
+        return None
+    proc = _read_json(os.path.join(gdir, PROC_ATTRS)) or {}
+    exit_attrs = _read_json(os.path.join(gdir, EXIT_ATTRS)) or {}
+    return {
+        "id": run_id, "op": _op_desc(attrs),
+        "kind": (attrs.get("op") or {}).get("kind"),
+        "label": attrs.get("label") or "", "flags": attrs.get("flags") or {},
+        "created": attrs.get("created"), "started": proc.get("started"),
+        "stopped": exit_attrs.get("stopped"),
+        "exit_status": exit_attrs.get("exit_status"),
+        "batch": attrs.get("batch"), "status": run_status(run_dir),
+        "mtime": mtime, "seen": now,
+    }
+
+
+def run_summaries(runs_dir=None):
+    """Summaries (dicts) of all runs, newest first, via the listing cache.
+
+    Every run directory is listed and its .guild directory's mtime checked
+    against the cache, so the cache can never hide a run or show a stale
+    state; running and pending states, which depend on live processes,
+    are derived afresh each time.
+    """
+    runs_dir = os.path.abspath(runs_dir or _runs_dir())
+    cache_path = os.path.join(_home_for_runs_dir(runs_dir), "cache",
+                              "runs.json")
+    cached = _read_json(cache_path) or {}
+    if not isinstance(cached, dict) or cached.get("version") != 1:
+        cached = {}
+    entries = cached.get("runs") or {}
+    now = time.time_ns()
+    summaries, dirty = [], False
+    try:
+        scan = os.scandir(runs_dir)
     except FileNotFoundError:
         return []
     except OSError as e:
         raise GuildError("cannot read runs in '%s': %s"
                          % (runs_dir, e.strerror))
-    runs = []
-    for name in names:
-        run_dir = os.path.join(runs_dir, name)
-        if os.path.isfile(os.path.join(run_dir, ".guild", RUN_ATTRS)):
-            runs.append(Run(name, run_dir))
-    keyed = [(_run_sort_key(run), run.id, run) for run in runs]
-    keyed.sort(key=lambda item: (item[0], item[1]), reverse=True)
-    return [item[2] for item in keyed]
+    with scan:
+        for entry in scan:
+            try:
+                mtime = os.stat(os.path.join(entry.path, ".guild")
+                                ).st_mtime_ns
+            except OSError:
+                continue
+            summary = entries.get(entry.name)
+            if (not isinstance(summary, dict)
+                    or summary.get("mtime") != mtime
+                    or summary.get("seen", 0) - mtime < _RACY_NS):
+                summary = _run_summary(entry.name, entry.path, mtime, now)
+                if summary is None:
+                    continue
+                dirty = True
+            elif summary["status"] in ("running", "pending"):
+                summary = dict(summary, status=run_status(entry.path))
+            summaries.append(summary)
+    if dirty or len(summaries) != len(entries):
+        try:
+            _ensure_dir(os.path.dirname(cache_path))
+            _write_json(cache_path, {"version": 1, "runs": {
+                s["id"]: s for s in summaries}})
+        except (OSError, GuildError):
+            pass  # a read-only store still lists
+    summaries.sort(key=lambda s: (s["started"] or s["created"] or 0,
+                                  s["id"]), reverse=True)
+    return summaries
+
+
+def list_runs(runs_dir=None):
+    """All runs in the store, newest first (by start, else creation)."""
+    runs_dir = os.path.abspath(runs_dir or _runs_dir())
+    return [Run(s["id"], os.path.join(runs_dir, s["id"]))
+            for s in run_summaries(runs_dir)]
 
 
 def _run_for_dir(run_dir):
@@ -1049,7 +1287,7 @@ def _select_one(spec, runs):
 
 
 # ---------------------------------------------------------------------------
-## 9. Operations: creating, staging and starting runs
+## 9. Operations: creating, staging, starting and stopping runs
 # ---------------------------------------------------------------------------
 
 
@@ -1142,6 +1380,7 @@ def _init_run(run_dir, attrs, staged, source_root=None, source_files=()):
     """Create a run directory; the attrs file is written last, atomically.
 
     Until then the directory is not a run, so a crash leaves no half run.
+    A staged run gets its index entry before it becomes a run.
     """
     run_dir = os.path.abspath(run_dir)
     if os.path.exists(os.path.join(run_dir, ".guild", RUN_ATTRS)):
@@ -1150,36 +1389,22 @@ def _init_run(run_dir, attrs, staged, source_root=None, source_files=()):
     _ensure_dir(gdir)
     if source_root:
         _copy_files(source_root, source_files, run_dir)
-    attrs = dict(attrs, id=os.path.basename(run_dir),
-                 created=_timestamp(), sourcecode=list(source_files))
+    run_id = os.path.basename(run_dir)
+    attrs = dict(attrs, id=run_id, created=_timestamp(),
+                 sourcecode=list(source_files))
+    run = Run(run_id, run_dir)
     if staged:
         open(os.path.join(gdir, STAGED_MARKER), "w").close()
+        if os.path.dirname(run_dir) == _runs_dir():
+            _index_put("staged", _index_name(run_id, attrs["created"]), {})
     else:
-        set_run_pending(Run(attrs["id"], run_dir))
+        set_run_pending(run)
     _write_json(os.path.join(gdir, RUN_ATTRS), attrs)
-    return Run(attrs["id"], run_dir)
+    return run
 
 
 def _default_label(flags):
     return format_flags({k: v for k, v in flags.items() if v is not None})
-
-
-def _claim_staged(run):
-    """Claim a staged run for this process; call under the status lock.
-
-    Returns the status the run had; the claim is made only if staged.
-    """
-    status = run.status
-    if status == "staged":
-        set_run_pending(run)
-    return status
-
-
-def _release_claim(run):
-    """Drop this process's claim on a run it did not start."""
-    claim = _read_json(run.guild_path(PENDING_CLAIM))
-    if claim == _process_owner():
-        _remove(run.guild_path(PENDING_CLAIM))
 
 
 def _start_run(run, gpus=None):
@@ -1189,17 +1414,19 @@ def _start_run(run, gpus=None):
     request (SIGTERM, Ctrl-C) ends the run 'terminated' and propagates.
     """
     attrs = run._attrs()
-    _write_json(run.guild_path(PROC_ATTRS),
-                dict(_process_owner(), started=_timestamp()))
-    _remove(run.guild_path(STAGED_MARKER))
-    _remove(run.guild_path(PENDING_CLAIM))
+    kind = attrs["op"]["kind"]
+    owner = _process_owner()
+    _index_put("running", run.id, _running_entry(attrs, owner))
+    _write_json(run.guild_path(PROC_ATTRS), dict(owner, started=_timestamp()))
+    _mark_started(run)
     gpus = attrs.get("gpus") if gpus is None else gpus
     stop = None
     exit_status = 1
-    out = open(run.guild_path(OUTPUT_FILE), "ab")
-    _Output.files.append(out)
+    out = None
+    if kind != "script":  # batch and queue output: what they show
+        out = open(run.guild_path(OUTPUT_FILE), "ab")
+        _Output.files.append(out)
     try:
-        kind = attrs["op"]["kind"]
         if kind == "script":
             exit_status = _run_script(run, attrs, gpus)
         elif kind == "batch":
@@ -1215,24 +1442,84 @@ def _start_run(run, gpus=None):
         stop = _StopRequested(signal.SIGINT)
         exit_status = -signal.SIGINT
     finally:
-        _Output.files.remove(out)
-        out.close()
+        if out is not None:
+            _Output.files.remove(out)
+            out.close()
         _write_json(run.guild_path(EXIT_ATTRS), {
             "exit_status": exit_status, "stopped": _timestamp(),
             "status": _exit_status_name(exit_status, stop is not None)})
+        _index_drop("running", run.id)
     if stop is not None:
         raise stop
     return exit_status
 
 
+# The child process of a script run: it runs the script as __main__ with
+# its argv, replacing module-level flag assignments for globals-style
+# scripts, and records the script's own exit so that a run completes even
+# if the process watching it dies.
+_SCRIPT_RUNNER = r"""
+import ast, atexit, json, os, sys, time, types
+replace, script = json.loads(sys.argv[1]), sys.argv[2]
+exit_path = os.path.abspath(os.path.join(".guild", "exit.json"))
+with open(script, "rb") as f:
+    tree = ast.parse(f.read(), script)
+def const(v):
+    if isinstance(v, list):
+        return ast.List(elts=[const(x) for x in v], ctx=ast.Load())
+    return ast.Constant(value=v)
+for node in tree.body:
+    if isinstance(node, ast.Assign) and len(node.targets) == 1:
+        target = node.targets[0]
+    elif isinstance(node, ast.AnnAssign) and node.value is not None:
+        target = node.target
+    else:
+        continue
+    if isinstance(target, ast.Name) and target.id in replace:
+        node.value = ast.copy_location(const(replace[target.id]), node.value)
+ast.fix_missing_locations(tree)
+code = compile(tree, script, "exec")
+status = []
+def record():
+    if status:
+        tmp = "%s.%d.tmp" % (exit_path, os.getpid())
+        with open(tmp, "w") as f:
+            json.dump({"exit_status": status[0], "stopped":
+                       time.time_ns() // 1000, "status": "completed"
+                       if status[0] == 0 else "error"}, f)
+        os.replace(tmp, exit_path)
+atexit.register(record)
+sys.argv = sys.argv[2:]
+sys.path[0] = os.path.dirname(os.path.abspath(script))
+main = types.ModuleType("__main__")
+main.__file__ = script
+main.__builtins__ = __builtins__
+sys.modules["__main__"] = main
+try:
+    exec(code, main.__dict__)
+except SystemExit as e:
+    status.append(0 if e.code is None else
+                  e.code if isinstance(e.code, int) else 1)
+    raise
+except KeyboardInterrupt:
+    raise
+except BaseException:
+    status.append(1)
+    raise
+else:
+    status.append(0)
+"""
+
+
 def _script_command(attrs):
+    """The child command: python -c RUNNER REPLACE SCRIPT [ARGS...]."""
     op = attrs["op"]
     flags = attrs.get("flags") or {}
     script = op["script"]
     if op.get("flags_mode") == "globals":
-        return [sys.executable, "-c", _GLOBALS_RUNNER, script,
-                json.dumps(flags)]
-    cmd = [sys.executable, script]
+        return [sys.executable, "-c", _SCRIPT_RUNNER, json.dumps(flags),
+                script]
+    cmd = [sys.executable, "-c", _SCRIPT_RUNNER, "{}", script]
     flagdefs = op.get("flagdefs") or {}
     for name in sorted(flags):
         val = flags[name]
@@ -1246,8 +1533,8 @@ def _script_command(attrs):
             if not val:
                 cmd.append(arg)
         elif val is not None:
-            cmd += [arg, encode_flag_val(val) if not isinstance(val, str)
-                    else val]
+            cmd += [arg, val if isinstance(val, str)
+                    else encode_flag_val(val)]
     return cmd
 
 
@@ -1262,48 +1549,101 @@ def _run_script(run, attrs, gpus):
         popen_kw["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
     else:
         popen_kw["start_new_session"] = True
-    proc = subprocess.Popen(cmd, cwd=run.dir, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            **popen_kw)
+    output_path = run.guild_path(OUTPUT_FILE)
+    # The script writes its output file itself; this process shows it.
+    with open(output_path, "ab") as out:
+        offset = out.tell()
+        proc = subprocess.Popen(cmd, cwd=run.dir, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, **popen_kw)
     proc_attrs = _read_json(run.guild_path(PROC_ATTRS)) or {}
     proc_attrs["child"] = _process_owner(proc.pid)
-    proc_attrs["command"] = cmd[:2] + (["<globals runner>"] + cmd[3:]
-                                       if cmd[1] == "-c" else cmd[2:])
+    proc_attrs["command"] = [cmd[0]] + cmd[4:]
     _write_json(run.guild_path(PROC_ATTRS), proc_attrs)
-    return _supervise(proc)
+    return _supervise(proc, output_path, offset)
 
 
-def _supervise(proc):
-    """Relay the child's output until it exits; forward stop requests."""
-    fd = proc.stdout.fileno()
+def _supervise(proc, output_path, offset):
+    """Show the script's output as it grows until it exits.
+
+    A stop request is forwarded to the script's process group (a second
+    one kills it); the run then ends terminated.
+    """
+    exited = threading.Event()
+    waiter = threading.Thread(target=lambda: (proc.wait(), exited.set()),
+                              daemon=True)
+    waiter.start()
     stop = None
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except (_StopRequested, KeyboardInterrupt) as e:
-            signum = getattr(e, "signum", signal.SIGINT)
-            _signal_child(proc, signal.SIGKILL if stop is not None
-                          and hasattr(signal, "SIGKILL") else signum)
-            stop = _StopRequested(signum)
-            continue
-        if not chunk:
-            break
-        _tee(chunk)
-    proc.stdout.close()
-    exit_status = proc.wait()
+    delay = 0.005
+    with open(output_path, "rb") as f:
+        f.seek(offset)
+        while True:
+            try:
+                done = exited.wait(delay)
+            except (_StopRequested, KeyboardInterrupt) as e:
+                signum = getattr(e, "signum", signal.SIGINT)
+                if stop is not None and not IS_WINDOWS:
+                    signum = signal.SIGKILL
+                _signal_process_group(proc.pid, signum)
+                stop = _StopRequested(getattr(e, "signum", signal.SIGINT))
+                continue
+            chunk = f.read()
+            if chunk:
+                _tee(chunk)
+                delay = 0.005
+            else:
+                delay = min(delay * 2, 0.1)
+            if done:
+                break
+    waiter.join()
     if stop is not None:
         raise stop
-    return exit_status
+    return proc.returncode
 
 
-def _signal_child(proc, signum):
+def _signal_process_group(pid, signum):
     try:
         if IS_WINDOWS:  # pragma: no cover
-            proc.terminate()
+            os.kill(pid, signal.SIGTERM)
         else:
-            os.killpg(proc.pid, signum)
+            os.killpg(pid, signum)
     except OSError:
         pass
+
+
+def _stop_run(run):
+    """Ask a running run to stop; return False if it is not running.
+
+    A script run's process group gets SIGTERM (its watcher then records
+    'terminated'); a batch or queue is its own process and gets SIGTERM.
+    """
+    proc = _read_json(run.guild_path(PROC_ATTRS))
+    if not isinstance(proc, dict) or run.status != "running":
+        return False
+    child = proc.get("child")
+    if run.opref.kind == "script" and _owner_alive(child):
+        _signal_process_group(child["pid"], signal.SIGTERM)
+    elif _owner_alive(proc):
+        try:
+            os.kill(proc["pid"], signal.SIGTERM)
+        except OSError:
+            pass
+    return True
+
+
+def _finish_stopped(run, deadline):
+    """Wait for a stopped run to end; kill it or record it if need be."""
+    proc = _read_json(run.guild_path(PROC_ATTRS)) or {}
+    while run.status == "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = proc.get("child")
+    if run.status == "running" and _owner_alive(child) and not IS_WINDOWS:
+        _signal_process_group(child["pid"], signal.SIGKILL)
+        time.sleep(0.1)
+    if not os.path.exists(run.guild_path(EXIT_ATTRS)) and \
+            not _owner_alive(proc) and not _owner_alive(child):
+        _write_json(run.guild_path(EXIT_ATTRS), {
+            "exit_status": -signal.SIGTERM, "stopped": _timestamp(),
+            "status": "terminated"})
 
 
 def _print_staged(run, run_dir_given):
@@ -1390,23 +1730,55 @@ def _run_batch(batch_run, attrs):
 # ---------------------------------------------------------------------------
 
 
-def _claim_next_staged(gpus):
-    """Claim the oldest staged run this queue may start, or None."""
+def _claim_next_staged(gpus, verify=False):
+    """Claim the oldest staged run this queue may start, or None.
+
+    Reads the staged index, not the store: the cost does not grow with
+    the number of runs. With verify, an empty answer is checked against
+    the run directories (the index is a cache) before it is believed.
+    """
     with Lock(RUN_STATUS, timeout=60):
-        staged = [run for run in list_runs() if run.status == "staged"]
-        staged.sort(key=lambda r: (r.get("created") or 0, r.id))
-        for run in staged:
-            run_gpus = run.get("gpus")
-            if run_gpus is not None and str(run_gpus) != str(gpus):
-                continue
-            _claim_staged(run)
-            return run
+        _ensure_index()
+        _restage_dead_claims()
+        run = _claim_from_index(gpus)
+        if run is None and verify:
+            _reconcile_index()
+            run = _claim_from_index(gpus)
+        return run
+
+
+def _claim_from_index(gpus):
+    runs_dir = _runs_dir()
+    for name in _index_names("staged"):
+        run_id = _index_run_id(name)
+        if not run_id:
+            _index_drop("staged", name)
+            continue
+        run = Run(run_id, os.path.join(runs_dir, run_id))
+        attrs = _read_json(run.guild_path(RUN_ATTRS))
+        if not isinstance(attrs, dict):
+            if _timestamp() - _index_created(name) > _ORPHAN_ENTRY_US:
+                _index_drop("staged", name)
+            continue
+        status = run.status
+        if status == "pending":
+            continue
+        if status != "staged":
+            _index_drop("staged", name)
+            continue
+        run_gpus = attrs.get("gpus")
+        if run_gpus is not None and str(run_gpus) != str(gpus):
+            continue
+        _claim_staged(run)
+        return run
     return None
 
 
-def _other_runs_running():
-    return any(run.opref.kind != "queue" and run.status == "running"
-               for run in list_runs())
+def _release_claim(run):
+    """Drop this process's claim on a run it did not start."""
+    claim = _read_json(run.guild_path(PENDING_CLAIM))
+    if claim == _process_owner():
+        _remove(run.guild_path(PENDING_CLAIM))
 
 
 def _run_queue(queue_run, attrs):
@@ -1417,6 +1789,7 @@ def _run_queue(queue_run, attrs):
     gpus = flags.get("gpus")
     queue_log.info("Processing staged runs")
     waiting = None
+    last_verified = None
     while True:
         if not ignore_running and _other_runs_running():
             if waiting != "running":
@@ -1424,16 +1797,22 @@ def _run_queue(queue_run, attrs):
                 waiting = "running"
             time.sleep(poll)
             continue
-        run = _claim_next_staged(gpus)
+        # When idle, check the index against the run dirs now and then.
+        verify = last_verified is None or (
+            time.monotonic() - last_verified > INDEX_VERIFY_SECONDS)
+        run = _claim_next_staged(gpus, verify)
         if run is None:
             if run_once:
                 return 0
+            if verify:
+                last_verified = time.monotonic()
             if waiting != "staged":
                 queue_log.info("Waiting for staged runs")
                 waiting = "staged"
             time.sleep(poll)
             continue
         waiting = None
+        last_verified = None
         queue_log.info("Starting staged run %s", run.id)
         try:
             exit_status = _start_run(run, gpus=gpus)
@@ -1651,6 +2030,11 @@ def _cmd_runs_info(args):
         "operation: %s" % _op_desc(attrs),
         "from: %s" % (attrs.get("project") or ""),
         "status: %s" % run.status,
+    ]
+    reason = _status_reason(run)
+    if reason:
+        lines.append("reason: %s" % reason)
+    lines += [
         "started: %s" % _format_time(proc.get("started")),
         "stopped: %s" % _format_time(exit_attrs.get("stopped")),
         "label: %s" % (attrs.get("label") or ""),
@@ -1689,6 +2073,28 @@ def _cmd_runs_delete(args):
     for run in selected:
         shutil.rmtree(run.dir)
     print("Deleted %d run(s)" % len(selected))
+    return 0
+
+
+def _cmd_stop(args):
+    runs = list_runs()
+    selected = select_runs(args.runs, runs) if args.runs else runs
+    running = [r for r in selected if r.status == "running"]
+    if not running:
+        print("Nothing to stop")
+        return 0
+    if not args.yes:
+        print("You are about to stop the following runs:")
+        for line in _format_table(_run_rows(running)):
+            print("  " + line)
+        if not _confirm("Stop %d run(s)?" % len(running)):
+            raise GuildError("aborted")
+    for run in running:
+        if _stop_run(run):
+            print("Stopping %s (%s)" % (run.short_id, run.op_desc))
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for run in running:
+        _finish_stopped(run, deadline)
     return 0
 
 
@@ -1774,6 +2180,7 @@ def _add_runs_parser(sub):
     ip.add_argument("run", nargs="?", metavar="RUN",
                     help="the run (default: the newest)")
     ip.set_defaults(func=_cmd_runs_info)
+    _add_stop_args(runs_sub.add_parser("stop", help="stop running runs"))
     for name in ("delete", "rm"):
         dp = runs_sub.add_parser(name, help="delete runs")
         dp.add_argument("runs", nargs="*", metavar="RUN",
@@ -1781,6 +2188,21 @@ def _add_runs_parser(sub):
         dp.add_argument("-y", "--yes", action="store_true",
                         help="do not ask for confirmation")
         dp.set_defaults(func=_cmd_runs_delete)
+
+
+def _add_stop_args(p):
+    p.add_argument("runs", nargs="*", metavar="RUN",
+                   help="runs to stop (default: all running runs)")
+    p.add_argument("-y", "--yes", action="store_true",
+                   help="do not ask for confirmation")
+    p.set_defaults(func=_cmd_stop)
+
+
+def _add_stop_parser(sub):
+    _add_stop_args(sub.add_parser(
+        "stop", help="stop running runs", description="Stop running runs: "
+        "a script's process group gets SIGTERM and its run ends "
+        "terminated; stopping a queue stops its run, then the queue."))
 
 
 def _add_cat_parser(sub):
@@ -1794,7 +2216,8 @@ def _add_cat_parser(sub):
     p.set_defaults(func=_cmd_cat)
 
 
-COMMANDS = [_add_run_parser, _add_runs_parser, _add_cat_parser]
+COMMANDS = [_add_run_parser, _add_runs_parser, _add_stop_parser,
+            _add_cat_parser]
 
 
 def _parser():

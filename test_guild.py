@@ -995,6 +995,239 @@ class QueueTest(GuildTestCase):
         self.assertEqual({r.status for r in self.runs()}, {"completed"})
 
 
+MARK_SCRIPT = """\
+import os
+i = 0
+with open(os.path.join(os.environ["MARKS"], "%s-%s" % (i, os.getpid())),
+          "w") as f:
+    f.write(os.environ["RUN_ID"])
+"""
+
+
+class QueueScaleTest(GuildTestCase):
+    """Many queues, killed queues, stopped runs, lost caches."""
+
+    def stage_marks(self, n):
+        write(path(self.project, "mark.py"), MARK_SCRIPT)
+        code, out = self.guild("run", "mark.py", "i=[%s]" % ",".join(
+            str(i) for i in range(n)), "--stage-trials", "-y")
+        self.assertEqual(code, 0, out)
+        self.marks = mkdtemp()
+        self.env = dict(os.environ, GUILD_HOME=self.home, MARKS=self.marks)
+
+    def start_queue(self, *flags):
+        return subprocess.Popen(
+            [sys.executable, GUILD_PY, "run", "queue", "-y"] + list(flags),
+            cwd=self.project, env=self.env, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+
+    def marks_by_trial(self):
+        found = {}
+        for name in os.listdir(self.marks):
+            found.setdefault(int(name.split("-")[0]), []).append(name)
+        return found
+
+    def trials(self):
+        return [r for r in self.runs() if r.op_desc == "mark.py"]
+
+    def wait_not_running(self, timeout=60):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if not any(r.status in ("running", "pending")
+                       for r in self.trials()):
+                return
+            time.sleep(0.1)
+        self.fail("runs still running")
+
+    def test_eight_queues_start_each_of_400_trials_once(self):
+        self.stage_marks(400)
+        queues = [self.start_queue("run-once=yes", "ignore-running=yes")
+                  for _ in range(8)]
+        for q in queues:
+            self.assertEqual(q.wait(timeout=600), 0)
+        marks = self.marks_by_trial()
+        self.assertEqual(sorted(marks), list(range(400)))
+        self.assertEqual({len(v) for v in marks.values()}, {1})
+        self.assertEqual({r.status for r in self.trials()}, {"completed"})
+        self.assertEqual(len(self.trials()), 400)
+
+    @unittest.skipIf(IS_WINDOWS, "POSIX signals")
+    def test_queues_killed_at_random_lose_nothing(self):
+        import random
+        rnd = random.Random(4)
+        self.stage_marks(120)
+        queues = [self.start_queue("ignore-running=yes", "poll-interval=1")
+                  for _ in range(4)]
+        for _ in range(12):
+            time.sleep(rnd.uniform(0.05, 0.4))
+            victim = queues.pop(rnd.randrange(len(queues)))
+            victim.kill()
+            victim.wait()
+            queues.append(self.start_queue("ignore-running=yes",
+                                           "poll-interval=1"))
+        for q in queues:
+            q.kill()
+            q.wait(timeout=60)
+        self.wait_not_running()
+        final = self.start_queue("run-once=yes", "ignore-running=yes")
+        self.assertEqual(final.wait(timeout=300), 0)
+        self.wait_not_running()
+        marks = self.marks_by_trial()
+        by_status = {}
+        for trial in self.trials():
+            by_status.setdefault(trial.status, []).append(trial)
+            i = trial.flags["i"]
+            self.assertLessEqual(len(marks.get(i, [])), 1, trial)
+            if trial.status == "completed":
+                self.assertEqual(len(marks[i]), 1)
+            elif trial.status == "error":  # its queue died as it began
+                self.assertIn("died without recording an exit",
+                              guild._status_reason(trial))
+        self.assertLessEqual(set(by_status), {"completed", "error"})
+        self.assertGreater(len(by_status["completed"]), 110)
+        if os.environ.get("GUILD_TEST_VERBOSE"):
+            print({k: len(v) for k, v in by_status.items()},
+                  sorted(r.status for r in self.runs()
+                         if r.op_desc == "queue"))
+        code, out = self.guild("runs", "-a")
+        self.assertNotIn(" staged ", out)
+        self.assertNotIn(" pending ", out)
+
+    def test_staged_run_claimed_by_dead_process_is_staged_again(self):
+        self.stage_marks(1)
+        [trial] = self.trials()
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        owner = guild._process_owner(dead.pid)
+        dead.wait()
+        with guild.Lock(guild.RUN_STATUS, timeout=5):
+            self.assertEqual(guild._claim_staged(trial), "staged")
+        # Make the claim look like the dead process's.
+        guild._write_json(trial.guild_path("PENDING"), owner)
+        name = os.listdir(path(self.home, "cache", "index", "claims"))[0]
+        guild._write_json(path(self.home, "cache", "index", "claims", name),
+                          owner)
+        self.assertEqual(trial.status, "staged")
+        q = self.start_queue("run-once=yes")
+        self.assertEqual(q.wait(timeout=60), 0)
+        self.assertEqual(trial.status, "completed")
+        self.assertEqual(list(self.marks_by_trial()), [0])
+
+    def test_lost_or_corrupt_cache_is_rebuilt(self):
+        self.stage_marks(6)
+        cache = path(self.home, "cache")
+        shutil.rmtree(path(cache, "index"))
+        write(path(cache, "runs.json"), "{corrupt")
+        code, out = self.guild("runs")
+        self.assertEqual(out.count(" staged "), 6)
+        q = self.start_queue("run-once=yes")
+        self.assertEqual(q.wait(timeout=60), 0)
+        self.assertEqual(sorted(self.marks_by_trial()), list(range(6)))
+
+    def test_missing_index_entry_is_found_by_verification(self):
+        self.stage_marks(3)
+        staged_dir = path(self.home, "cache", "index", "staged")
+        os.remove(path(staged_dir, sorted(os.listdir(staged_dir))[0]))
+        q = self.start_queue("run-once=yes")
+        self.assertEqual(q.wait(timeout=60), 0)
+        self.assertEqual(sorted(self.marks_by_trial()), [0, 1, 2])
+
+    def test_cache_deleted_while_queues_run(self):
+        self.stage_marks(40)
+        queues = [self.start_queue("run-once=yes", "ignore-running=yes")
+                  for _ in range(2)]
+        for _ in range(5):
+            time.sleep(0.2)
+            shutil.rmtree(path(self.home, "cache"), ignore_errors=True)
+        for q in queues:
+            self.assertEqual(q.wait(timeout=300), 0)
+        final = self.start_queue("run-once=yes")
+        self.assertEqual(final.wait(timeout=300), 0)
+        marks = self.marks_by_trial()
+        self.assertEqual(sorted(marks), list(range(40)))
+        self.assertEqual({len(v) for v in marks.values()}, {1})
+        listed = {r.id: r.status for r in self.runs()}
+        for run_id in os.listdir(path(self.home, "runs")):
+            self.assertEqual(listed[run_id], guild.run_status(
+                path(self.home, "runs", run_id)))
+
+    def test_listing_cache_follows_changes(self):
+        self.stage_marks(2)
+        self.assertEqual(self.guild("runs")[1].count(" staged "), 2)
+        q = self.start_queue("run-once=yes")
+        q.wait(timeout=60)
+        code, out = self.guild("runs")
+        self.assertEqual(out.count("completed"), 4)  # 2 trials, batch, q
+        self.guild("runs", "delete", "-y", "1")
+        self.assertEqual(len(self.guild("runs")[1].splitlines()), 3)
+
+
+@unittest.skipIf(IS_WINDOWS, "POSIX signals")
+class StopTest(GuildTestCase):
+    def start_sleep(self, *args):
+        p = subprocess.Popen(
+            [sys.executable, GUILD_PY, "run", "-y"] + list(args),
+            cwd=self.project, env=dict(os.environ, GUILD_HOME=self.home),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        while b"sleeping" not in p.stdout.readline():
+            pass
+        return p
+
+    def test_stop_run(self):
+        self.copy_sample("sleep.py")
+        p = self.start_sleep("sleep.py")
+        code, out = self.guild("stop", "1", "-y")
+        self.assertIn("Stopping", out)
+        self.assertEqual(p.wait(timeout=30), 128 + signal.SIGTERM)
+        p.stdout.close()
+        self.assertEqual(self.runs()[0].status, "terminated")
+
+    def test_runs_stop_asks_first(self):
+        self.copy_sample("sleep.py")
+        p = self.start_sleep("sleep.py")
+        code, out = self.guild("runs", "stop", input="n\n")
+        self.assertIn("You are about to stop the following runs:", out)
+        self.assertEqual(self.runs()[0].status, "running")
+        code, out = self.guild("runs", "stop", input="y\n")
+        p.wait(timeout=30)
+        p.stdout.close()
+        self.assertEqual(self.runs()[0].status, "terminated")
+        self.assertEqual(self.guild("stop", "-y"), (0, "Nothing to stop\n"))
+
+    def test_stop_queue_stops_its_run_then_the_queue(self):
+        self.copy_sample("sleep.py")
+        self.guild("run", "sleep.py", "--stage", "-y")
+        self.guild("run", "sleep.py", "--stage", "-y")
+        p = self.start_sleep("queue")
+        queue = [r for r in self.runs() if r.op_desc == "queue"][0]
+        code, out = self.guild("stop", queue.id, "-y")
+        p.wait(timeout=30)
+        p.stdout.close()
+        self.assertEqual(sorted(r.status for r in self.runs()),
+                         ["staged", "terminated", "terminated"])
+
+    def test_orphaned_script_stopped_is_terminated(self):
+        self.copy_sample("sleep.py")
+        p = self.start_sleep("sleep.py")
+        p.kill()
+        p.wait()
+        p.stdout.close()
+        run = self.runs()[0]
+        self.assertEqual(run.status, "running")
+        self.guild("stop", "-y")
+        self.assertEqual(run.status, "terminated")
+
+    def test_script_killed_is_error(self):
+        self.copy_sample("sleep.py")
+        p = self.start_sleep("sleep.py")
+        run = self.runs()[0]
+        child = guild._read_json(run.guild_path("proc.json"))["child"]
+        os.kill(child["pid"], signal.SIGKILL)
+        p.wait(timeout=30)
+        p.stdout.close()
+        self.assertEqual(run.status, "error")
+        self.assertEqual(run.get("exit_status"), -signal.SIGKILL)
+
+
 # ---------------------------------------------------------------------------
 # 12-14. API and packaging
 # ---------------------------------------------------------------------------
