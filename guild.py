@@ -313,8 +313,9 @@ def _read_json(path, default=None):
 def _write_json(path, data):
     """Write JSON atomically: readers see the old file or the new one."""
     tmp = "%s.%s.tmp" % (path, uuid.uuid4().hex[:8])
+    text = json.dumps(data)  # the C encoder; json.dump is pure Python
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, sort_keys=True)
+        f.write(text)
     os.replace(tmp, path)
 
 
@@ -481,7 +482,7 @@ class Lock:
                         os.close(fd)
                         raise self._timeout_error()
                     time.sleep(delay)
-                    delay = min(delay * 2, 0.05)
+                    delay = min(delay * 2, 0.004)  # held for milliseconds
                 state.fd = fd
             state.depth += 1
         except BaseException:
@@ -992,6 +993,7 @@ def _exit_status_name(exit_status, stopped_by_user):
 # leaves an extra entry (dropped when found stale), never a missing one.
 
 INDEX_VERSION = "1"
+_GUILD_SUBDIR = os.sep + ".guild"
 _RACY_NS = 2 * 10 ** 9  # mtimes this close to a read are not trusted
 _ORPHAN_ENTRY_US = 60 * 10 ** 6  # age at which an entry with no run is junk
 
@@ -1172,6 +1174,12 @@ def _other_runs_running():
     return False
 
 
+_SUMMARY_FIELDS = ("id", "op", "kind", "label", "created", "started",
+                   "stopped", "exit_status", "batch", "status", "mtime",
+                   "seen")
+_SUMMARY_CACHE_VERSION = 2
+
+
 def _run_summary(run_id, run_dir, mtime, now):
     """What listings need of one run, read from its directory."""
     gdir = os.path.join(run_dir, ".guild")
@@ -1183,13 +1191,24 @@ def _run_summary(run_id, run_dir, mtime, now):
     return {
         "id": run_id, "op": _op_desc(attrs),
         "kind": (attrs.get("op") or {}).get("kind"),
-        "label": attrs.get("label") or "", "flags": attrs.get("flags") or {},
-        "created": attrs.get("created"), "started": proc.get("started"),
-        "stopped": exit_attrs.get("stopped"),
+        "label": attrs.get("label") or "", "created": attrs.get("created"),
+        "started": proc.get("started"), "stopped": exit_attrs.get("stopped"),
         "exit_status": exit_attrs.get("exit_status"),
         "batch": attrs.get("batch"), "status": run_status(run_dir),
         "mtime": mtime, "seen": now,
     }
+
+
+def _load_summary_cache(cache_path):
+    cached = _read_json(cache_path)
+    if not isinstance(cached, dict) or cached.get(
+            "version") != _SUMMARY_CACHE_VERSION:
+        return {}
+    try:
+        return {row[0]: dict(zip(_SUMMARY_FIELDS, row))
+                for row in cached["rows"]}
+    except (KeyError, TypeError, IndexError):
+        return {}
 
 
 def run_summaries(runs_dir=None):
@@ -1203,10 +1222,7 @@ def run_summaries(runs_dir=None):
     runs_dir = os.path.abspath(runs_dir or _runs_dir())
     cache_path = os.path.join(_home_for_runs_dir(runs_dir), "cache",
                               "runs.json")
-    cached = _read_json(cache_path) or {}
-    if not isinstance(cached, dict) or cached.get("version") != 1:
-        cached = {}
-    entries = cached.get("runs") or {}
+    entries = _load_summary_cache(cache_path)
     now = time.time_ns()
     summaries, dirty = [], False
     try:
@@ -1219,38 +1235,39 @@ def run_summaries(runs_dir=None):
     with scan:
         for entry in scan:
             try:
-                mtime = os.stat(os.path.join(entry.path, ".guild")
-                                ).st_mtime_ns
+                mtime = os.stat(entry.path + _GUILD_SUBDIR).st_mtime_ns
             except OSError:
                 continue
             summary = entries.get(entry.name)
-            if (not isinstance(summary, dict)
-                    or summary.get("mtime") != mtime
-                    or summary.get("seen", 0) - mtime < _RACY_NS):
+            if (summary is None or summary["mtime"] != mtime
+                    or summary["seen"] - mtime < _RACY_NS):
                 summary = _run_summary(entry.name, entry.path, mtime, now)
                 if summary is None:
                     continue
-                dirty = True
+                # Saving pays only for summaries the next read will trust.
+                dirty = dirty or now - mtime >= _RACY_NS
             elif summary["status"] in ("running", "pending"):
-                summary = dict(summary, status=run_status(entry.path))
+                summary["status"] = run_status(entry.path)
             summaries.append(summary)
     if dirty or len(summaries) != len(entries):
         try:
             _ensure_dir(os.path.dirname(cache_path))
-            _write_json(cache_path, {"version": 1, "runs": {
-                s["id"]: s for s in summaries}})
+            _write_json(cache_path, {
+                "version": _SUMMARY_CACHE_VERSION, "fields": _SUMMARY_FIELDS,
+                "rows": [[x[f] for f in _SUMMARY_FIELDS]
+                         for x in summaries]})
         except (OSError, GuildError):
             pass  # a read-only store still lists
-    summaries.sort(key=lambda s: (s["started"] or s["created"] or 0,
-                                  s["id"]), reverse=True)
+    summaries.sort(key=lambda x: (x["started"] or x["created"] or 0,
+                                  x["id"]), reverse=True)
     return summaries
 
 
 def list_runs(runs_dir=None):
     """All runs in the store, newest first (by start, else creation)."""
     runs_dir = os.path.abspath(runs_dir or _runs_dir())
-    return [Run(s["id"], os.path.join(runs_dir, s["id"]))
-            for s in run_summaries(runs_dir)]
+    return [Run(x["id"], runs_dir + os.sep + x["id"])
+            for x in run_summaries(runs_dir)]
 
 
 def _run_for_dir(run_dir):
@@ -1987,15 +2004,24 @@ def _restart_prepare(run, raw_flags, force):
     _remove(run.guild_path(PROC_ATTRS))
 
 
-def _run_rows(runs, index_base=1):
+def _listing():
+    """(summaries, runs) of the store, newest first, index-aligned."""
+    runs_dir = _runs_dir()
+    summaries = run_summaries(runs_dir)
+    return summaries, [Run(x["id"], runs_dir + os.sep + x["id"])
+                       for x in summaries]
+
+
+def _summary_rows(summaries, selected=None):
+    """Listing rows `[N:id]  op  started  status  label` (N from 1)."""
+    wanted = None if selected is None else {run.id for run in selected}
     rows = []
-    for i, run in enumerate(runs):
-        proc = _read_json(run.guild_path(PROC_ATTRS)) or {}
-        attrs = run._attrs()
-        started = proc.get("started") or attrs.get("created")
-        rows.append(["[%d:%s]" % (i + index_base, run.short_id),
-                     _op_desc(attrs), _format_time(started), run.status,
-                     attrs.get("label") or ""])
+    for i, x in enumerate(summaries):
+        if wanted is not None and x["id"] not in wanted:
+            continue
+        rows.append(["[%d:%s]" % (i + 1, x["id"][:SHORT_ID_LEN]), x["op"],
+                     _format_time(x["started"] or x["created"]),
+                     x["status"], x["label"]])
     return rows
 
 
@@ -2008,14 +2034,14 @@ def _format_table(rows):
 
 
 def _cmd_runs_list(args):
-    runs = list_runs()
+    summaries = run_summaries()
     limit = None if args.all else (args.n or DEFAULT_LIST_LIMIT)
-    shown = runs if limit is None else runs[:limit]
-    for line in _format_table(_run_rows(shown)):
-        print(line)
-    if len(shown) < len(runs):
+    shown = summaries if limit is None else summaries[:limit]
+    print("\n".join(_format_table(_summary_rows(shown))) or "", end="\n"
+          if shown else "")
+    if len(shown) < len(summaries):
         print("Showing the first %d runs (%d total) - use --all to show "
-              "all or -n to show more" % (len(shown), len(runs)),
+              "all or -n to show more" % (len(shown), len(summaries)),
               file=sys.stderr)
     return 0
 
@@ -2055,7 +2081,7 @@ def _cmd_runs_info(args):
 
 
 def _cmd_runs_delete(args):
-    runs = list_runs()
+    summaries, runs = _listing()
     selected = select_runs(args.runs, runs) if args.runs else runs
     if not selected:
         print("Nothing to delete")
@@ -2066,7 +2092,7 @@ def _cmd_runs_delete(args):
                        % running[0].id)
     if not args.yes:
         print("You are about to delete the following runs:")
-        for line in _format_table(_run_rows(selected)):
+        for line in _format_table(_summary_rows(summaries, selected)):
             print("  " + line)
         if not _confirm("Delete %d run(s)?" % len(selected)):
             raise GuildError("aborted")
@@ -2077,7 +2103,7 @@ def _cmd_runs_delete(args):
 
 
 def _cmd_stop(args):
-    runs = list_runs()
+    summaries, runs = _listing()
     selected = select_runs(args.runs, runs) if args.runs else runs
     running = [r for r in selected if r.status == "running"]
     if not running:
@@ -2085,7 +2111,7 @@ def _cmd_stop(args):
         return 0
     if not args.yes:
         print("You are about to stop the following runs:")
-        for line in _format_table(_run_rows(running)):
+        for line in _format_table(_summary_rows(summaries, running)):
             print("  " + line)
         if not _confirm("Stop %d run(s)?" % len(running)):
             raise GuildError("aborted")

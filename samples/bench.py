@@ -1,0 +1,200 @@
+"""make bench: guild.py's workloads against their targets.
+
+Builds its own temporary run stores and prints, for each workload, guild.py's
+median time and the ratio its target names, measured in this one run (the
+machine is shared and noisy: compare ratios, not absolute times).
+
+    python3 samples/bench.py            # all workloads
+    python3 samples/bench.py --quick    # fewer repeats, W3 at 200 not 1,000
+"""
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GUILD_PY = os.path.join(ROOT, "guild.py")
+SAY_PY = os.path.join(ROOT, "samples", "projects", "batch", "say.py")
+PY = sys.executable
+
+sys.path.insert(0, ROOT)
+import guild  # noqa: E402  (the file under test, from this checkout)
+
+TRIVIAL = "i = 0\n"
+
+
+def _run(cmd, cwd=None, home=None):
+    env = dict(os.environ)
+    if home:
+        env["GUILD_HOME"] = home
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - start
+
+
+def _median(values):
+    return statistics.median(values)
+
+
+def _project(tmp, name, files):
+    d = os.path.join(tmp, name)
+    os.makedirs(d)
+    for fname, text in files.items():
+        with open(os.path.join(d, fname), "w") as f:
+            f.write(text)
+    return d
+
+
+def w1(tmp, repeats):
+    """run say.py msg=hi -y against bare python say.py --msg hi."""
+    with open(SAY_PY) as f:
+        project = _project(tmp, "w1", {"say.py": f.read()})
+    home = os.path.join(tmp, "w1-home")
+    _run([PY, GUILD_PY, "run", "say.py", "-y"], project, home)  # flags cache
+    bare, tracked = [], []
+    for _ in range(repeats):  # interleaved, so noise hits both alike
+        bare.append(_run([PY, "say.py", "--msg", "hi"], project))
+        tracked.append(_run([PY, GUILD_PY, "run", "say.py", "msg=hi", "-y"],
+                            project, home))
+    return _median(bare), _median(tracked)
+
+
+def _make_runs(runs_dir, n):
+    """n finished runs written directly, as guild.py would leave them."""
+    os.makedirs(runs_dir, exist_ok=True)
+    op = {"kind": "script", "name": "say.py", "script": "say.py"}
+    for i in range(n):
+        run_dir = os.path.join(runs_dir, guild.mkid())
+        flags = {"msg": "m%d" % i, "loud": False}
+        run = guild._init_run(run_dir, {"op": op, "flags": flags,
+                                        "label": guild.format_flags(flags)},
+                              staged=True)
+        guild._write_json(run.guild_path("proc.json"), {
+            "pid": 1, "start": "x", "started": guild._timestamp()})
+        guild._write_json(run.guild_path("exit.json"), {
+            "exit_status": 0, "stopped": guild._timestamp(),
+            "status": "completed"})
+        os.remove(run.guild_path("STAGED"))
+
+
+def w2(tmp, n, repeats):
+    """runs (first 20) and runs -a over n runs; cold, then warm medians."""
+    home = os.path.join(tmp, "w2-%d" % n)
+    saved = os.environ.get("GUILD_HOME")
+    os.environ["GUILD_HOME"] = home
+    try:
+        _make_runs(os.path.join(home, "runs"), n)
+    finally:
+        if saved is None:
+            os.environ.pop("GUILD_HOME")
+        else:
+            os.environ["GUILD_HOME"] = saved
+    shutil.rmtree(os.path.join(home, "cache"), ignore_errors=True)
+    cold = _run([PY, GUILD_PY, "runs"], tmp, home)
+    first = _median([_run([PY, GUILD_PY, "runs"], tmp, home)
+                     for _ in range(repeats)])
+    every = _median([_run([PY, GUILD_PY, "runs", "-a"], tmp, home)
+                     for _ in range(repeats)])
+    return cold, first, every
+
+
+def _stage_trials(project, home, n):
+    vals = ",".join(str(i) for i in range(n))
+    return _run([PY, GUILD_PY, "run", "trivial.py", "i=[%s]" % vals,
+                 "--stage-trials", "-y"], project, home)
+
+
+def w3(tmp, n):
+    """One queue draining n trivial staged trials: seconds per trial."""
+    project = _project(tmp, "w3-%d" % n, {"trivial.py": TRIVIAL})
+    home = os.path.join(tmp, "w3-%d-home" % n)
+    _stage_trials(project, home, n)
+    total = _run([PY, GUILD_PY, "run", "queue", "run-once=yes", "-y"],
+                 project, home)
+    return total / n
+
+
+def w4(tmp, n, queues):
+    """Wall time for `queues` queues to drain n trivial trials."""
+    project = _project(tmp, "w4-%d" % queues, {"trivial.py": TRIVIAL})
+    home = os.path.join(tmp, "w4-%d-home" % queues)
+    _stage_trials(project, home, n)
+    env = dict(os.environ, GUILD_HOME=home)
+    start = time.perf_counter()
+    procs = [subprocess.Popen(
+        [PY, GUILD_PY, "run", "queue", "run-once=yes", "ignore-running=yes",
+         "-y"], cwd=project, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL) for _ in range(queues)]
+    for p in procs:
+        p.wait()
+    return time.perf_counter() - start
+
+
+def stage50(tmp, repeats):
+    times = []
+    for i in range(repeats):
+        project = _project(tmp, "s50-%d" % i, {"trivial.py": TRIVIAL})
+        home = os.path.join(tmp, "s50-%d-home" % i)
+        _run([PY, GUILD_PY, "run", "trivial.py", "--stage", "-y"], project,
+             home)  # flags cache, as a user's second run would have it
+        times.append(_stage_trials(project, home, 50))
+    return _median(times)
+
+
+def main(argv):
+    quick = "--quick" in argv
+    repeats = 3 if quick else 7
+    big_w3 = 200 if quick else 1000
+    tmp = tempfile.mkdtemp(prefix="guild-bench-")
+    rows = []
+
+    def row(workload, value, target, ok):
+        rows.append((workload, value, target, "yes" if ok else "NO"))
+        print("%-34s %-30s %-24s %s" % rows[-1], flush=True)
+
+    print("guild.py %s bench, Python %s on %s (%d cores); medians"
+          % (guild.__version__, sys.version.split()[0], sys.platform,
+             os.cpu_count() or 0))
+    print("%-34s %-30s %-24s %s" % ("workload", "guild.py", "target",
+                                     "met"))
+    try:
+        startup = _median([_run([PY, "-c", "pass"]) for _ in range(repeats)])
+        bare, tracked = w1(tmp, repeats * 2)
+        row("W1 run vs bare python", "%.3fs vs %.3fs = %.2fx"
+            % (tracked, bare, tracked / bare), "<= 1.5x",
+            tracked / bare <= 1.5)
+        for n, t_first, t_all in [(1000, 0.1, 0.3), (10000, 0.2, 2.0)]:
+            cold, first, every = w2(tmp, n, repeats)
+            row("W2 runs / runs -a, %d runs" % n, "%.3fs / %.3fs"
+                % (first, every), "<= %ss / <= %ss" % (t_first, t_all),
+                first <= t_first and every <= t_all)
+            row("   (cold cache / python startup)", "%.3fs / %.3fs"
+                % (cold, startup), "", True)
+        small = w3(tmp, 50)
+        bare_trivial = _median([_run([PY, "-c", TRIVIAL])
+                                for _ in range(repeats)])
+        row("W3 queue, per trial @50", "%.3fs (bare python %.3fs)"
+            % (small, bare_trivial), "overhead <= 0.06s",
+            small - bare_trivial <= 0.06)
+        large = w3(tmp, big_w3)
+        row("W3 queue, per trial @%d" % big_w3, "%.3fs = %.2fx of @50"
+            % (large, large / small), "<= 1.25x of @50",
+            large / small <= 1.25)
+        one = w4(tmp, 100, 1)
+        four = w4(tmp, 100, 4)
+        row("W4 4 queues vs 1, 100 trials", "%.2fs vs %.2fs = %.2fx"
+            % (four, one, one / four), ">= 1.8x", one / four >= 1.8)
+        staged = stage50(tmp, repeats)
+        row("stage 50 trials", "%.3fs" % staged, "<= 0.3s", staged <= 0.3)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
