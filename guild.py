@@ -59,12 +59,14 @@ __all__ = [
 
 import argparse
 import ast
-import codecs
+import csv
 import hashlib
 import itertools
 import json
 import logging
+import math
 import os
+import random
 import re
 import shutil
 import signal
@@ -119,6 +121,8 @@ DEFAULT_LIST_LIMIT = 20
 MAX_SOURCE_FILES = 100
 MAX_SOURCE_FILE_SIZE = 1024 * 1024
 FLAGS_PROBE_TIMEOUT = 60
+DEFAULT_MAX_TRIALS = 20
+OPTIMIZERS = ("+", "random")
 STOP_GRACE_SECONDS = 10
 INDEX_VERIFY_SECONDS = 60
 
@@ -531,13 +535,17 @@ def decode_flag_val(s):
 
     yes/no/true/false/on/off are booleans, null is None, numbers are ints
     or floats, quoted text is a string, [a,b] is a list; anything else is
-    the string itself.
+    the string itself. Search spaces: `[1:10]`, `uniform[a:b]` and
+    `loguniform[a:b]` decode to a distribution (a dict, see
+    `_distribution`); `range`, `linspace`, `logspace` and `geomspace`
+    expand to lists.
     """
     s = s.strip()
     if len(s) >= 2 and s[0] == s[-1] and s[0] in "'\"":
         return s[1:-1]
-    if s.startswith("[") and s.endswith("]"):
-        return [decode_flag_val(part) for part in _split_list(s[1:-1])]
+    space = _decode_search_space(s)
+    if space is not None:
+        return space
     lower = s.lower()
     if lower in ("yes", "true", "on"):
         return True
@@ -579,6 +587,114 @@ def _split_list(body):
     parts.append("".join(cur))
     return [p.strip() for p in parts]
 
+_SEARCH_RE = re.compile(r"^([a-z]*)\[(.*)\]$", re.DOTALL)
+DISTRIBUTIONS = ("uniform", "loguniform")
+SEQUENCES = ("range", "linspace", "logspace", "geomspace")
+
+
+def _distribution(kind, low, high):
+    """A search dimension sampled by random search: {"$dist": kind, ...}."""
+    return {"$dist": kind, "low": low, "high": high}
+
+
+def is_distribution(val):
+    """True if val is a distribution flag value (uniform, loguniform)."""
+    return isinstance(val, dict) and val.get("$dist") in DISTRIBUTIONS
+
+
+def _decode_search_space(s):
+    """Decode `[...]` forms: a list, a range, a distribution, a sequence.
+
+    Returns None if s is not one of them; raises FlagError if it is one
+    with bad arguments.
+    """
+    m = _SEARCH_RE.match(s)
+    if not m:
+        return None
+    fn, body = m.groups()
+    if fn == "" and ":" in body and "," not in body and \
+            not re.search(r"['\"]", body):
+        fn = "uniform"
+    if fn == "":
+        return [decode_flag_val(part) for part in _split_list(body)]
+    if fn not in DISTRIBUTIONS + SEQUENCES:
+        return None  # plain text such as `a[b]`
+    args = _search_args(fn, s, body)
+    if fn in DISTRIBUTIONS:
+        if len(args) != 2:
+            raise FlagError("invalid %s: expected %s[LOW:HIGH]" % (s, fn))
+        low, high = args
+        if not low < high:
+            raise FlagError("invalid %s: LOW must be less than HIGH" % s)
+        if fn == "loguniform":
+            if low <= 0:
+                raise FlagError("invalid %s: loguniform bounds must be "
+                                "greater than 0" % s)
+            low, high = float(low), float(high)
+        return _distribution(fn, low, high)
+    return _expand_sequence(fn, s, args)
+
+
+def _search_args(fn, s, body):
+    args = []
+    for part in body.split(":"):
+        val = decode_flag_val(part) if part.strip() else None
+        if val is None or isinstance(val, bool) or \
+                not isinstance(val, (int, float)):
+            raise FlagError("invalid %s: %s takes numbers, as in %s"
+                            % (s, fn, _SEARCH_USAGE[fn]))
+        args.append(val)
+    return args
+
+
+_SEARCH_USAGE = {
+    "uniform": "uniform[0.0:1.0]", "loguniform": "loguniform[1e-5:1e-1]",
+    "range": "range[1:10:2]", "linspace": "linspace[0:1:5]",
+    "logspace": "logspace[-5:-1:5]", "geomspace": "geomspace[1:1000:4]",
+}
+
+
+def _round(x):
+    """Round away float noise: 0.30000000000000004 is 0.3."""
+    return float("%.12g" % x)
+
+
+def _expand_sequence(fn, s, args):
+    if fn == "range":
+        if len(args) not in (2, 3):
+            raise FlagError("invalid %s: expected range[START:STOP:STEP]"
+                            % s)
+        start, stop = args[0], args[1]
+        step = args[2] if len(args) == 3 else 1
+        if step == 0:
+            raise FlagError("invalid %s: STEP cannot be 0" % s)
+        if (stop - start) * step < 0:
+            raise FlagError("invalid %s: STEP goes away from STOP" % s)
+        count = int((stop - start) / step + 1e-9) + 1
+        if all(isinstance(a, int) for a in (start, stop, step)):
+            return [start + i * step for i in range(count)]
+        return [_round(start + i * step) for i in range(count)]
+    if len(args) not in (2, 3):
+        raise FlagError("invalid %s: expected %s" % (s, _SEARCH_USAGE[fn]))
+    start, stop = args[0], args[1]
+    count = args[2] if len(args) == 3 else 5
+    if not isinstance(count, int) or count < 1:
+        raise FlagError("invalid %s: COUNT must be a whole number of at "
+                        "least 1" % s)
+    if fn == "geomspace" and (start == 0 or stop == 0 or
+                              (start < 0) != (stop < 0)):
+        raise FlagError("invalid %s: geomspace bounds must be non-zero "
+                        "and of one sign" % s)
+    points = [start + (stop - start) * i / max(count - 1, 1)
+              for i in range(count)]
+    if fn == "linspace":
+        return [_round(x) for x in points]
+    if fn == "logspace":
+        return [_round(10.0 ** x) for x in points]
+    ratio = (stop / start) ** (1.0 / max(count - 1, 1))
+    return [_round(start * ratio ** i) for i in range(count)]
+
+
 
 def encode_flag_val(val):
     """Encode a flag value as a user would type it: yes, 0.1, 'a b'."""
@@ -590,14 +706,24 @@ def encode_flag_val(val):
         return "null"
     if isinstance(val, list):
         return "[%s]" % ", ".join(encode_flag_val(x) for x in val)
+    if is_distribution(val):
+        return "%s[%s:%s]" % (val["$dist"], encode_flag_val(val["low"]),
+                              encode_flag_val(val["high"]))
     if isinstance(val, (int, float)):
         return repr(val)
     s = str(val)
-    if (s == "" or decode_flag_val(s) != s or s != s.strip()
+    if (s == "" or _decodes_to_other(s) or s != s.strip()
             or re.search(r"[\s,'\"\[\]=]", s)):
         quote = '"' if "'" in s else "'"
         return quote + s + quote
     return s
+
+
+def _decodes_to_other(s):
+    try:
+        return decode_flag_val(s) != s
+    except FlagError:  # looks like a search space: quote it
+        return True
 
 
 def format_flags(flags, sep=" "):
@@ -621,13 +747,38 @@ def _flagdef_type_for_value(val):
 def _coerce_flag_val(name, raw, flagdef):
     """Decode the command line text raw for flag name, typed by flagdef.
 
-    A list value (a batch) is coerced element by element.
+    A list value (a batch) is coerced element by element, a sequence's
+    values and a distribution's bounds by the flag's type.
     """
     stripped = raw.strip()
-    if stripped.startswith("[") and stripped.endswith("]"):
+    space = _decode_search_space(stripped)
+    if isinstance(space, list) and _SEARCH_RE.match(stripped).group(1) == "":
         return [_coerce_one(name, part, flagdef)
                 for part in _split_list(stripped[1:-1])]
+    if isinstance(space, list):
+        return [_coerce_number(name, raw, x, flagdef) for x in space]
+    if space is not None:
+        if space["$dist"] == "uniform":
+            space["low"] = _coerce_number(name, raw, space["low"], flagdef)
+            space["high"] = _coerce_number(name, raw, space["high"], flagdef)
+        elif (flagdef or {}).get("type") in ("int", "string", "boolean"):
+            raise FlagError("invalid value %s for %s: loguniform gives "
+                            "floats" % (raw, name))
+        return space
     return _coerce_one(name, raw, flagdef)
+
+
+def _coerce_number(name, raw, x, flagdef):
+    ftype = (flagdef or {}).get("type")
+    if ftype == "float":
+        return float(x)
+    if ftype == "int" and not isinstance(x, int):
+        raise FlagError("invalid value %s for %s: expected integers"
+                        % (raw, name))
+    if ftype in ("string", "boolean"):
+        raise FlagError("invalid value %s for %s: a %s flag takes no "
+                        "numeric range" % (raw, name, ftype))
+    return x
 
 
 def _coerce_one(name, raw, flagdef):
@@ -1011,9 +1162,20 @@ def _index_name(run_id, created):
 
 
 def _index_put(kind, name, data, home=None):
-    d = _index_dir(kind, home)
-    _ensure_dir(d)
-    _write_json(os.path.join(d, name), data)
+    _write_cache_json(os.path.join(_index_dir(kind, home), name), data)
+
+
+def _write_cache_json(path, data):
+    """Write a cache file, making its directory, even if another process
+    deletes the cache as we write (a deleted cache is rebuilt)."""
+    for attempt in range(10):
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            _write_json(path, data)
+            return
+        except FileNotFoundError:
+            if attempt == 9:
+                raise
 
 
 def _index_drop(kind, name, home=None):
@@ -1089,16 +1251,10 @@ def _restage_dead_claims():
 def _ensure_index():
     """Build the index from the run directories if it is missing."""
     marker = os.path.join(_guild_home(), "cache", "index", "version")
-    try:
-        with open(marker) as f:
-            if f.read().strip() == INDEX_VERSION:
-                return
-    except OSError:
-        pass
+    if _read_json(marker) == INDEX_VERSION:
+        return
     _reconcile_index()
-    _ensure_dir(os.path.dirname(marker))
-    with open(marker, "w") as f:
-        f.write(INDEX_VERSION)
+    _write_cache_json(marker, INDEX_VERSION)
 
 
 def _reconcile_index():
@@ -1251,8 +1407,7 @@ def run_summaries(runs_dir=None):
             summaries.append(summary)
     if dirty or len(summaries) != len(entries):
         try:
-            _ensure_dir(os.path.dirname(cache_path))
-            _write_json(cache_path, {
+            _write_cache_json(cache_path, {
                 "version": _SUMMARY_CACHE_VERSION, "fields": _SUMMARY_FIELDS,
                 "rows": [[x[f] for f in _SUMMARY_FIELDS]
                          for x in summaries]})
@@ -1337,6 +1492,14 @@ def _op_flagdefs(op):
 
 def _resolve_flags(op, raw_flags, force=False):
     """Flag values for op: defaults updated by raw NAME=VALUE strings."""
+    flags = {name: fd.get("default")
+             for name, fd in _op_flagdefs(op).items()}
+    flags.update(_given_flags(op, raw_flags, force))
+    return flags
+
+
+def _given_flags(op, raw_flags, force=False):
+    """Decode raw NAME=VALUE strings for op, checking the names."""
     flagdefs = _op_flagdefs(op)
     for name in raw_flags:
         if name not in flagdefs and not force:
@@ -1344,10 +1507,92 @@ def _resolve_flags(op, raw_flags, force=False):
                 "unsupported flag '%s'\nTry 'guild run %s --help-op' for a "
                 "list of flags or use --force-flags to skip this check."
                 % (name, op["name"]))
-    flags = {name: fd.get("default") for name, fd in flagdefs.items()}
-    for name, raw in raw_flags.items():
-        flags[name] = _coerce_flag_val(name, raw, flagdefs.get(name))
-    return flags
+    return {name: _coerce_flag_val(name, raw, flagdefs.get(name))
+            for name, raw in raw_flags.items()}
+
+
+def _coerce_value(name, val, flagdef):
+    """Type a value read from a batch file (JSON) like a typed flag."""
+    if isinstance(val, str):
+        if (flagdef or {}).get("type") in ("int", "float", "boolean"):
+            return _coerce_one(name, val, flagdef)
+        return val
+    if val is not None and not isinstance(val, (bool, int, float)):
+        raise FlagError("invalid value for %s: expected a number, text, "
+                        "yes/no or null" % name)
+    return _coerce_one(name, encode_flag_val(val), flagdef)
+
+
+def _read_batch_files(paths, op, force, cwd):
+    """The trials listed in batch files (.csv with a header, .json)."""
+    rows = []
+    flagdefs = _op_flagdefs(op)
+    for rel in paths:
+        full = os.path.join(cwd, rel)
+        ext = os.path.splitext(rel)[1].lower()
+        if ext not in (".csv", ".json"):
+            raise FlagError("unsupported batch file '%s': use .csv or .json"
+                            % rel)
+        if not os.path.isfile(full):
+            raise FlagError("batch file '%s' does not exist" % rel)
+        try:
+            items = _csv_items(full) if ext == ".csv" else _json_items(full)
+        except (OSError, ValueError, csv.Error) as e:
+            raise FlagError("cannot read batch file '%s': %s" % (rel, e))
+        except FlagError as e:
+            raise FlagError("batch file '%s', %s" % (rel, e))
+        for row_no, item in items:
+            try:
+                row = {}
+                for name, val in item.items():
+                    if name not in flagdefs and not force:
+                        raise FlagError("unsupported flag '%s'" % name)
+                    row[name] = _coerce_value(name, val, flagdefs.get(name))
+            except FlagError as e:
+                raise FlagError("batch file '%s', row %d: %s"
+                                % (rel, row_no, e))
+            rows.append(row)
+    return rows
+
+
+def _csv_items(path):
+    """[(row number, {name: value})] of a CSV file whose header names
+    the flags; row 1 is the first line after the header."""
+    with open(path, newline="", encoding="utf-8") as f:
+        lines = list(csv.reader(f))
+    header = [h.strip() for h in lines[0]] if lines else []
+    if not header or not all(header):
+        raise FlagError("header: the first line must name the flags")
+    items = []
+    for row_no, cells in enumerate(lines[1:], 1):
+        if not any(c.strip() for c in cells):
+            continue
+        if len(cells) != len(header):
+            raise FlagError("row %d: %d values for %d flags"
+                            % (row_no, len(cells), len(header)))
+        item = {}
+        for name, cell in zip(header, cells):
+            if cell.strip():
+                val = decode_flag_val(cell)
+                if isinstance(val, (list, dict)):
+                    raise FlagError("row %d: '%s' is not a single value"
+                                    % (row_no, cell))
+                item[name] = cell.strip() if isinstance(val, str) else val
+        items.append((row_no, item))
+    return items
+
+
+def _json_items(path):
+    """[(row number, {name: value})] of a JSON list of objects."""
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if not isinstance(data, list):
+        raise FlagError("expected a list of objects")
+    for row_no, item in enumerate(data, 1):
+        if not isinstance(item, dict):
+            raise FlagError("row %d: expected an object of flag values"
+                            % row_no)
+    return list(enumerate(data, 1))
 
 
 def _source_files(project, skip_dirs=()):
@@ -1686,6 +1931,62 @@ def _trial_flag_sets(proto_flags):
     return [dict(zip(names, combo)) for combo in itertools.product(*choices)]
 
 
+def _sample(val, rnd):
+    """One random draw of a flag value: a choice, a distribution, a value."""
+    if isinstance(val, list):
+        return rnd.choice(val) if val else None
+    if not is_distribution(val):
+        return val
+    low, high = val["low"], val["high"]
+    if val["$dist"] == "loguniform":
+        x = math.exp(rnd.uniform(math.log(low), math.log(high)))
+    elif isinstance(low, int) and isinstance(high, int):
+        return rnd.randint(low, high)
+    else:
+        x = rnd.uniform(low, high)
+    return float("%.6g" % x)  # six digits read well in labels
+
+
+def batch_trials(attrs):
+    """The flag values of each trial of a batch run, from its attrs.
+
+    Grid (+): the product of list values, or one trial per batch file row
+    (with any lists given beside the files), cut to max_trials chosen at
+    random in grid order. Random: max_trials draws (default 20). The
+    batch's random_seed makes both reproducible.
+    """
+    proto = attrs["proto"]
+    flags = proto.get("flags") or {}
+    rnd = random.Random(attrs.get("random_seed"))
+    max_trials = attrs.get("max_trials")
+    if attrs["op"]["name"] == "random":
+        names = sorted(flags)
+        return [{n: _sample(flags[n], rnd) for n in names}
+                for _ in range(max_trials or DEFAULT_MAX_TRIALS)]
+    rows = attrs.get("batch_rows")
+    if rows:
+        given = set(proto.get("given") or ())
+        trials = []
+        for row in rows:
+            base = dict(flags)
+            base.update((k, v) for k, v in row.items() if k not in given)
+            trials += _trial_flag_sets(base)
+    else:
+        trials = _trial_flag_sets(flags)
+    if max_trials and len(trials) > max_trials:
+        keep = sorted(rnd.sample(range(len(trials)), max_trials))
+        trials = [trials[i] for i in keep]
+    return trials
+
+
+def render_label(template, flags):
+    """A label with each `${flag}` replaced by the flag's value."""
+    def value(m):
+        name = m.group(1)
+        return encode_flag_val(flags[name]) if name in flags else m.group(0)
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_.\-]*)\}", value, template)
+
+
 def init_trial_run(batch_run, trial_flag_vals, run_dir=None):
     """Create a staged trial of batch_run with trial_flag_vals; return it."""
     attrs = batch_run._attrs()
@@ -1695,7 +1996,8 @@ def init_trial_run(batch_run, trial_flag_vals, run_dir=None):
     label = proto.get("label")
     trial_attrs = {
         "op": proto["op"], "flags": flags,
-        "label": label if label is not None else _default_label(flags),
+        "label": render_label(label, flags) if label is not None
+        else _default_label(flags),
         "batch": batch_run.id, "gpus": attrs.get("gpus"),
         "project": attrs.get("project")}
     run_dir = run_dir or os.path.join(_runs_dir(), mkid())
@@ -1725,21 +2027,43 @@ def _try_run_staged_trial(trial_run, batch_run, status_lock):
 
 
 def _run_batch(batch_run, attrs):
-    proto_flags = (attrs.get("proto") or {}).get("flags") or {}
+    """Create the batch's trials (staged), then run or leave them.
+
+    Trials not reached (a stop, or --fail-on-trial-error) stay staged for
+    a queue or `run --start`.
+    """
     trials = [init_trial_run(batch_run, flag_vals)
-              for flag_vals in _trial_flag_sets(proto_flags)]
+              for flag_vals in batch_trials(attrs)]
     if attrs.get("stage_trials"):
         for trial in trials:
             log.info("Staging trial %s: %s", trial.id, _trial_desc(trial))
             _print_staged(trial, False)
         return 0
-    for trial in trials:
-        exit_status = _try_run_staged_trial(
-            trial, batch_run, Lock(RUN_STATUS))
-        if exit_status:
-            log.error("Trial %s exited with an error (%s)", trial.id,
-                      exit_status)
-    return 0
+    counts = {"completed": 0, "failed": 0, "terminated": 0}
+    try:
+        for trial in trials:
+            exit_status = _try_run_staged_trial(
+                trial, batch_run, Lock(RUN_STATUS, timeout=60))
+            if exit_status == 0:
+                counts["completed"] += 1
+            elif exit_status is not None:
+                counts["failed"] += 1
+                log.error("Trial %s exited with an error (%s)", trial.id,
+                          exit_status)
+                if attrs.get("fail_on_trial_error"):
+                    log.error("Stopping batch (--fail-on-trial-error)")
+                    return 1
+        return 0
+    except _StopRequested:
+        counts["terminated"] += 1
+        log.info("Stopping batch")
+        raise
+    finally:
+        staged = sum(1 for t in trials if t.status == "staged")
+        log.info("Batch finished: %d completed, %d failed, %d staged%s",
+                 counts["completed"], counts["failed"], staged,
+                 ", %d terminated" % counts["terminated"]
+                 if counts["terminated"] else "")
 
 
 # ---------------------------------------------------------------------------
@@ -1845,46 +2169,84 @@ def _run_queue(queue_run, attrs):
 # ---------------------------------------------------------------------------
 
 
-def create_run(opspec, flags=None, cwd=None, label=None, stage=False,
-               stage_trials=False, optimizer=None, gpus=None, run_dir=None,
-               force_flags=False):
-    """Create a run (or a batch run) of opspec; return (run, is_batch).
+def run_attrs(opspec, flags=None, cwd=None, label=None, optimizer=None,
+              max_trials=None, random_seed=None, batch_files=(),
+              stage_trials=False, fail_on_trial_error=False, gpus=None,
+              force_flags=False):
+    """The attributes of a new run of opspec (a batch run if the flags
+    hold lists, ranges or distributions, or batch_files or an optimizer
+    are given). Validates everything; creates nothing.
 
     flags maps names to command line text (`"0.1"`, `"[a,b]"`) or values.
-    The run is staged if stage, else pending for this process to start.
     """
     cwd = os.path.abspath(cwd or os.getcwd())
     op = _resolve_op(opspec, cwd)
     raw = {name: val if isinstance(val, str) else encode_flag_val(val)
            for name, val in (flags or {}).items()}
     flag_vals = _resolve_flags(op, raw, force_flags)
-    is_batch = bool(optimizer) or any(
-        isinstance(v, list) for v in flag_vals.values())
-    if op["kind"] != "script" and is_batch:
+    rows = _read_batch_files(batch_files, op, force_flags, cwd)
+    dists = [n for n, v in sorted(flag_vals.items()) if is_distribution(v)]
+    lists = [n for n, v in flag_vals.items() if isinstance(v, list)]
+    if optimizer is None:
+        optimizer = "random" if dists else "+" if lists or rows else None
+    if optimizer is None:
+        if max_trials is not None or random_seed is not None:
+            raise UsageError("--max-trials and --random-seed apply to "
+                             "batches: give a flag a list or a range")
+        return {"op": op, "flags": flag_vals, "gpus": gpus,
+                "project": op.get("project"),
+                "label": render_label(label, flag_vals) if label is not None
+                else _default_label(flag_vals)}
+    if optimizer not in OPTIMIZERS:
+        raise UsageError("unsupported optimizer '%s' (use + for grid "
+                         "search or random)" % optimizer)
+    if op["kind"] != "script":
         raise OpError("'%s' cannot run as a batch" % opspec)
+    if optimizer == "+" and dists:
+        raise FlagError("grid search cannot sample %s=%s: use "
+                        "--optimizer random, or a list or range[...]"
+                        % (dists[0], encode_flag_val(flag_vals[dists[0]])))
+    if optimizer == "random" and rows:
+        raise UsageError("batch files run every row: use them without "
+                         "--optimizer random")
+    if optimizer == "random" and not (dists or lists):
+        raise FlagError("random search needs a search space: give a flag "
+                        "a range or a list, as in lr=[0.001:0.1], "
+                        "lr=loguniform[1e-5:1e-1] or opt=[sgd,adam]")
+    if max_trials is not None and max_trials < 1:
+        raise UsageError("--max-trials must be at least 1")
+    if random_seed is None:
+        random_seed = random.SystemRandom().randrange(2 ** 31)
+    return {"op": {"kind": "batch", "name": optimizer}, "flags": {},
+            "label": label or "", "stage_trials": bool(stage_trials),
+            "gpus": gpus, "project": op.get("project"),
+            "max_trials": max_trials, "random_seed": random_seed,
+            "batch_rows": rows or None,
+            "fail_on_trial_error": bool(fail_on_trial_error),
+            "proto": {"op": op, "flags": flag_vals, "label": label,
+                      "given": sorted(raw)}}
+
+
+def create_run(opspec, flags=None, cwd=None, stage=False, run_dir=None,
+               **opts):
+    """Create a run (or a batch run) of opspec and return it.
+
+    opts are run_attrs's. The run is staged if stage, else pending for
+    this process to start (with `start_run`).
+    """
+    cwd = os.path.abspath(cwd or os.getcwd())
+    attrs = run_attrs(opspec, flags, cwd, **opts)
     if run_dir is None:
         runs_dir = _runs_dir()
         _ensure_dir(runs_dir)
         run_dir = os.path.join(runs_dir, mkid())
+    op = attrs.get("proto", attrs)["op"]
     source_root, source_files = None, ()
     if op["kind"] == "script":
         source_root = op["project"]
         source_files = _source_files(source_root, [_guild_home()])
-    if is_batch:
-        if optimizer not in (None, "+"):
-            raise OpError("unsupported optimizer '%s'" % optimizer)
-        attrs = {"op": {"kind": "batch", "name": "+"}, "flags": {},
-                 "label": "", "stage_trials": bool(stage_trials),
-                 "gpus": gpus, "project": op.get("project"),
-                 "proto": {"op": op, "flags": flag_vals, "label": label}}
-    else:
-        attrs = {"op": op, "flags": flag_vals,
-                 "label": label if label is not None
-                 else _default_label(flag_vals),
-                 "gpus": gpus, "project": op.get("project")}
-    run = _init_run(run_dir, attrs, staged=stage, source_root=source_root,
-                    source_files=source_files)
-    return run, is_batch
+    return _init_run(run_dir, attrs, staged=stage, source_root=source_root,
+                     source_files=source_files)
 
 
 # ---------------------------------------------------------------------------
@@ -1926,57 +2288,88 @@ def _exit_code(exit_status):
 
 
 def _cmd_run(args):
-    if args.opspec and "=" in args.opspec:  # `run --restart RUN x=1`
-        args.flags = [args.opspec] + list(args.flags)
+    if args.opspec and ("=" in args.opspec or args.opspec[:1] == "@"):
+        args.flags = [args.opspec] + list(args.flags)  # run --restart X a=1
         args.opspec = None
+    batch_files = [a[1:] for a in args.flags if a.startswith("@")]
+    raw_flags = _parse_flag_args([a for a in args.flags
+                                  if not a.startswith("@")])
     if args.start or args.restart:
-        return _run_existing(args)
+        return _run_existing(args, raw_flags)
     if not args.opspec:
         raise UsageError("missing operation\nTry 'guild run --help' "
                          "for help.")
-    raw_flags = _parse_flag_args(args.flags)
     if args.help_op:
         op = _resolve_op(args.opspec, os.getcwd())
         doc = QUEUE_DOC if op["kind"] == "queue" else None
         print(_flagdefs_help(args.opspec, _op_flagdefs(op), doc))
         return 0
-    if args.optimizer and args.optimizer != "+":
-        raise UsageError("unsupported optimizer '%s'" % args.optimizer)
-    op = _resolve_op(args.opspec, os.getcwd())
-    flag_vals = _resolve_flags(op, raw_flags, args.force_flags)
-    is_batch = bool(args.optimizer) or any(
-        isinstance(v, list) for v in flag_vals.values())
-    verb = "stage" if args.stage else "run"
-    what = args.opspec + (" as a batch" if is_batch else "")
-    lines = ["You are about to %s %s" % (verb, what)]
-    lines += ["  %s: %s" % (n, encode_flag_val(flag_vals[n]))
-              for n in sorted(flag_vals)]
-    if not _confirm("\n".join(lines) + "\nContinue?", yes=args.yes):
+    attrs = run_attrs(
+        args.opspec, raw_flags, label=args.label, optimizer=args.optimizer,
+        max_trials=args.max_trials, random_seed=args.random_seed,
+        batch_files=batch_files, stage_trials=args.stage_trials,
+        fail_on_trial_error=args.fail_on_trial_error, gpus=args.gpus,
+        force_flags=args.force_flags)
+    if args.print_trials:
+        _print_trials(attrs)
+        return 0
+    if not _confirm(_run_prompt(args, attrs), yes=args.yes):
         raise GuildError("aborted")
-    run_dir = os.path.abspath(args.run_dir) if args.run_dir else None
-    run, _is_batch = create_run(
-        args.opspec, raw_flags, label=args.label, stage=args.stage,
-        stage_trials=args.stage_trials, optimizer=args.optimizer,
-        gpus=args.gpus, run_dir=run_dir, force_flags=args.force_flags)
+    run = create_run(
+        args.opspec, raw_flags, stage=args.stage,
+        run_dir=os.path.abspath(args.run_dir) if args.run_dir else None,
+        label=args.label, optimizer=args.optimizer,
+        max_trials=args.max_trials, random_seed=attrs.get("random_seed"),
+        batch_files=batch_files, stage_trials=args.stage_trials,
+        fail_on_trial_error=args.fail_on_trial_error, gpus=args.gpus,
+        force_flags=args.force_flags)
     if args.stage:
         _print_staged(run, bool(args.run_dir))
         return 0
     return _exit_code(_start_run(run))
 
 
-def _run_existing(args):
+def _run_prompt(args, attrs):
+    verb = "stage" if args.stage else "run"
+    proto = attrs.get("proto")
+    if proto:
+        n = len(batch_trials(attrs))
+        what = "%s as a batch (%s, %d trial%s)" % (
+            args.opspec, "random search" if attrs["op"]["name"] == "random"
+            else "grid search", n, "" if n == 1 else "s")
+    else:
+        what = args.opspec
+    flags = (proto or attrs)["flags"]
+    lines = ["You are about to %s %s" % (verb, what)]
+    lines += ["  %s: %s" % (n, encode_flag_val(flags[n]))
+              for n in sorted(flags)]
+    return "\n".join(lines) + "\nContinue?"
+
+
+def _print_trials(attrs):
+    trials = batch_trials(attrs) if "proto" in attrs else [attrs["flags"]]
+    names = sorted(set().union(*trials)) if trials else []
+    rows = [["#"] + names] + [
+        [str(i)] + [encode_flag_val(t.get(n)) for n in names]
+        for i, t in enumerate(trials, 1)]
+    for line in _format_table(rows):
+        print(line)
+
+
+def _run_existing(args, raw_flags):
     spec = args.start or args.restart
     run = _select_one(spec, list_runs())
-    if args.flags and args.start:
+    if raw_flags and args.start:
         raise UsageError("flags cannot be changed with --start "
                          "(use --restart)")
     if not _confirm("You are about to start %s (%s)\nContinue?"
                     % (run.id, run.op_desc), yes=args.yes):
         raise GuildError("aborted")
     with Lock(RUN_STATUS, timeout=60):
-        status = run.status
+        status = _claim_staged(run)
         if status == "staged":
-            set_run_pending(run)
+            if raw_flags:
+                _update_flags(run, raw_flags, args.force_flags)
         elif args.start:
             raise RunError("cannot start %s: status is '%s' but expected "
                            "'staged' (use --restart to run it again)"
@@ -1984,24 +2377,36 @@ def _run_existing(args):
         elif status in ("running", "pending"):
             raise RunError("cannot restart %s: it is %s" % (run.id, status))
         else:
-            _restart_prepare(run, _parse_flag_args(args.flags),
-                             args.force_flags)
+            _update_flags(run, raw_flags, args.force_flags)
+            set_run_pending(run)
+            _remove(run.guild_path(EXIT_ATTRS))
+            _remove(run.guild_path(PROC_ATTRS))
     return _exit_code(_start_run(run))
 
 
-def _restart_prepare(run, raw_flags, force):
+def _update_flags(run, raw_flags, force):
+    """Change a run's flags for a restart: a batch's changes its trials."""
+    if not raw_flags:
+        return
     attrs = run._attrs()
-    if raw_flags:
-        flags = dict(attrs.get("flags") or {})
-        flags.update(_resolve_flags(attrs["op"], raw_flags, force))
-        flags = {k: v for k, v in flags.items()
-                 if k in raw_flags or k in (attrs.get("flags") or {})}
-        attrs["flags"] = flags
-        attrs["label"] = _default_label(flags)
-        _write_json(run.guild_path(RUN_ATTRS), attrs)
-    set_run_pending(run)
-    _remove(run.guild_path(EXIT_ATTRS))
-    _remove(run.guild_path(PROC_ATTRS))
+    target = attrs.get("proto") or attrs
+    changed = _given_flags(target["op"], raw_flags, force)
+    if "proto" not in attrs and any(
+            isinstance(v, (list, dict)) for v in changed.values()):
+        raise FlagError("a restart cannot make a run a batch: stage or run "
+                        "a new batch instead")
+    old_default = _default_label(target["flags"])
+    target["flags"] = dict(target["flags"], **changed)
+    if "proto" in attrs:
+        target["given"] = sorted(set(target.get("given") or ()) |
+                                 set(changed))
+        dists = [v for v in target["flags"].values() if is_distribution(v)]
+        if dists and attrs["op"]["name"] == "+":
+            raise FlagError("grid search cannot sample %s: restart with a "
+                            "list or range[...]" % encode_flag_val(dists[0]))
+    elif attrs.get("label") == old_default:
+        attrs["label"] = _default_label(target["flags"])
+    _write_json(run.guild_path(RUN_ATTRS), attrs)
 
 
 def _listing():
@@ -2159,7 +2564,8 @@ def _add_run_parser(sub):
     p.add_argument("opspec", nargs="?", metavar="OP",
                    help="a script (NAME.py) or 'queue'")
     p.add_argument("flags", nargs="*", metavar="FLAG=VAL",
-                   help="flag values; a list [a,b] makes a batch")
+                   help="flag values; a list [a,b] or a range makes a "
+                   "batch; @FILE.csv or @FILE.json lists trials")
     p.add_argument("-y", "--yes", action="store_true",
                    help="do not ask for confirmation")
     p.add_argument("-l", "--label", help="the run's label")
@@ -2172,7 +2578,17 @@ def _add_run_parser(sub):
     p.add_argument("--stage-trials", action="store_true",
                    help="stage a batch's trials instead of running them")
     p.add_argument("-o", "--optimizer", metavar="NAME",
-                   help="run as a batch with optimizer NAME (+ for grid)")
+                   help="run as a batch: + (grid search, the default for "
+                   "lists) or random (the default for ranges)")
+    p.add_argument("-m", "--max-trials", type=int, metavar="N",
+                   help="at most N trials (random search: N, default %d)"
+                   % DEFAULT_MAX_TRIALS)
+    p.add_argument("--random-seed", type=int, metavar="N",
+                   help="seed for random search and --max-trials")
+    p.add_argument("--print-trials", action="store_true",
+                   help="show the trials a batch would run, run nothing")
+    p.add_argument("--fail-on-trial-error", action="store_true",
+                   help="stop a batch at its first failed trial")
     p.add_argument("--gpus", metavar="IDS",
                    help="GPU ids to use (sets CUDA_VISIBLE_DEVICES)")
     p.add_argument("--force-flags", action="store_true",
@@ -2263,7 +2679,8 @@ def _parser():
 def _take_extra_flags(args, extra):
     """Accept NAME=VAL words after options (`run op --stage x=1`)."""
     if extra and getattr(args, "func", None) is _cmd_run and all(
-            "=" in word and not word.startswith("-") for word in extra):
+            ("=" in word or word.startswith("@")) and not
+            word.startswith("-") for word in extra):
         args.flags = list(args.flags) + extra
     elif extra:
         raise UsageError("unrecognized arguments: %s\nTry 'guild --help' "
@@ -2293,6 +2710,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
+        return 1
+    except OSError as e:  # the store or disk failed under us
+        sys.stderr.write("%s: %s\n" % (PROG, e))
         return 1
 
 

@@ -152,8 +152,10 @@ class Project:
         args = ["run", "-y"]
         if op:
             args.append(op)
+        args += opts.pop("extra", [])
         for name, val in sorted((flags or {}).items()):
-            args.append("%s=%s" % (name, guild.encode_flag_val(val)))
+            text = val if isinstance(val, str) else guild.encode_flag_val(val)
+            args.append("%s=%s" % (name, text))
         for name, val in sorted(opts.items()):
             opt = "--" + name.replace("_", "-")
             if val is True:
@@ -163,7 +165,11 @@ class Project:
         return args
 
     def run(self, op=None, flags=None, **opts):
-        """Run `guild run -y ...`; print its output (and a bad exit)."""
+        """Run `guild run -y ...`; print its output (and a bad exit).
+
+        String flag values are passed as typed (`"[1:10]"`); other values
+        are encoded (`["a", "b"]` is `[a, b]`, True is `yes`).
+        """
         code, out = self._cmd(self._run_args(op, flags, opts))
         out = out.rstrip("\n")
         if out:
@@ -899,6 +905,153 @@ class BatchTest(GuildTestCase):
         self.assertIn("Running trial", text)
         self.assertIn("a\n", text)
         self.assertIn("b\n", text)
+
+
+class SearchSpaceTest(unittest.TestCase):
+    def test_forms(self):
+        d = guild.decode_flag_val
+        self.assertEqual(d("[1:10]"), {"$dist": "uniform", "low": 1,
+                                       "high": 10})
+        self.assertEqual(d("uniform[0.0:1.0]"),
+                         {"$dist": "uniform", "low": 0.0, "high": 1.0})
+        self.assertEqual(d("loguniform[1e-5:1e-1]"),
+                         {"$dist": "loguniform", "low": 1e-5, "high": 0.1})
+        self.assertEqual(d("range[1:5]"), [1, 2, 3, 4, 5])
+        self.assertEqual(d("range[1:6:2]"), [1, 3, 5])
+        self.assertEqual(d("range[5:1:-2]"), [5, 3, 1])
+        self.assertEqual(d("range[0:0.3:0.1]"), [0.0, 0.1, 0.2, 0.3])
+        self.assertEqual(d("linspace[0:1:3]"), [0.0, 0.5, 1.0])
+        self.assertEqual(d("linspace[0:1]"), [0.0, 0.25, 0.5, 0.75, 1.0])
+        self.assertEqual(d("logspace[-2:0:3]"), [0.01, 0.1, 1.0])
+        self.assertEqual(d("geomspace[2:32:5]"), [2.0, 4.0, 8.0, 16.0, 32.0])
+        self.assertEqual(d("a[1:2]"), "a[1:2]")
+        self.assertEqual(d("['a:b']"), ["a:b"])
+
+    def test_errors(self):
+        for bad in ["range[1:]", "range[1:5:0]", "range[1:5:-1]",
+                    "linspace[a:b:3]", "linspace[0:1:0]",
+                    "linspace[0:1:2.5]", "[3:1]", "[1:1]",
+                    "loguniform[0:1]", "uniform[1]", "geomspace[0:10:3]",
+                    "geomspace[-1:10:3]", "logspace[1:2:3:4]"]:
+            with self.subTest(bad=bad):
+                with self.assertRaises(guild.FlagError):
+                    guild.decode_flag_val(bad)
+
+    def test_encode_round_trip(self):
+        for text in ["uniform[1:10]", "loguniform[1e-05:0.1]"]:
+            self.assertEqual(guild.encode_flag_val(
+                guild.decode_flag_val(text)), text)
+        self.assertEqual(guild.encode_flag_val("range[1:]"), "'range[1:]'")
+
+    def test_typed_by_flag(self):
+        c = guild._coerce_flag_val
+        self.assertEqual(c("x", "[1:10]", {"type": "float"}),
+                         {"$dist": "uniform", "low": 1.0, "high": 10.0})
+        self.assertEqual(c("x", "range[1:3]", {"type": "float"}),
+                         [1.0, 2.0, 3.0])
+        for raw, fd in [("linspace[0:1:3]", {"type": "int"}),
+                        ("loguniform[1:2]", {"type": "int"}),
+                        ("[1:2]", {"type": "string"})]:
+            with self.assertRaises(guild.FlagError):
+                c("x", raw, fd)
+
+    def attrs(self, flags, optimizer, max_trials=None, seed=None, rows=None):
+        return {"op": {"kind": "batch", "name": optimizer},
+                "proto": {"flags": flags, "given": sorted(flags)},
+                "max_trials": max_trials, "random_seed": seed,
+                "batch_rows": rows}
+
+    def test_random_trials_are_seeded(self):
+        flags = {"a": guild.decode_flag_val("[1:100]"),
+                 "b": guild.decode_flag_val("loguniform[1e-4:1]"),
+                 "c": ["x", "y"], "d": 7}
+        one = guild.batch_trials(self.attrs(flags, "random", 30, 11))
+        two = guild.batch_trials(self.attrs(flags, "random", 30, 11))
+        other = guild.batch_trials(self.attrs(flags, "random", 30, 12))
+        self.assertEqual(one, two)
+        self.assertNotEqual(one, other)
+        self.assertEqual(len(one), 30)
+        for t in one:
+            self.assertIsInstance(t["a"], int)
+            self.assertTrue(1 <= t["a"] <= 100)
+            self.assertTrue(1e-4 <= t["b"] <= 1)
+            self.assertIn(t["c"], ["x", "y"])
+            self.assertEqual(t["d"], 7)
+        self.assertEqual(len(guild.batch_trials(
+            self.attrs(flags, "random"))), 20)
+
+    def test_grid_cut_by_max_trials_keeps_grid_order(self):
+        flags = {"a": list(range(10)), "b": [0, 1]}
+        full = guild.batch_trials(self.attrs(flags, "+"))
+        self.assertEqual(len(full), 20)
+        cut = guild.batch_trials(self.attrs(flags, "+", 5, 3))
+        self.assertEqual(cut, guild.batch_trials(self.attrs(flags, "+", 5,
+                                                            3)))
+        self.assertEqual(len(cut), 5)
+        self.assertEqual(cut, [t for t in full if t in cut])
+
+    def test_batch_rows_with_given_values(self):
+        flags = {"a": 9, "b": [1, 2], "c": 0}
+        attrs = self.attrs(flags, "+", rows=[{"a": 1, "c": 5}, {"a": 2}])
+        attrs["proto"]["given"] = ["b"]
+        self.assertEqual(guild.batch_trials(attrs), [
+            {"a": 1, "b": 1, "c": 5}, {"a": 1, "b": 2, "c": 5},
+            {"a": 2, "b": 1, "c": 0}, {"a": 2, "b": 2, "c": 0}])
+
+    def test_render_label(self):
+        self.assertEqual(guild.render_label("lr=${lr} ${x} $y",
+                                            {"lr": 0.1}),
+                         "lr=0.1 ${x} $y")
+
+
+class BatchStopTest(GuildTestCase):
+    @unittest.skipIf(IS_WINDOWS, "POSIX signals")
+    def test_ctrl_c_stops_trial_and_batch(self):
+        self.copy_sample("sleep.py")
+        p = subprocess.Popen(
+            [sys.executable, GUILD_PY, "run", "sleep.py", "seconds=[30,31]",
+             "-y"], cwd=self.project,
+            env=dict(os.environ, GUILD_HOME=self.home),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        while b"sleeping" not in p.stdout.readline():
+            pass
+        p.send_signal(signal.SIGINT)
+        self.assertEqual(p.wait(timeout=30), 128 + signal.SIGINT)
+        out = p.stdout.read().decode()
+        p.stdout.close()
+        self.assertIn("Stopping batch", out)
+        self.assertIn("Batch finished: 0 completed, 0 failed, 1 staged, "
+                      "1 terminated", out)
+        self.assertEqual([(r.op_desc, r.status) for r in self.runs()],
+                         [("sleep.py", "terminated"),
+                          ("sleep.py", "staged"),
+                          ("sleep.py+", "terminated")])
+
+    def test_random_batch_with_no_space_leaves_no_run(self):
+        self.copy_sample("train.py")
+        code, out = self.guild("run", "train.py", "--optimizer", "random",
+                               "-y")
+        self.assertNotEqual(code, 0)
+        self.assertIn("guild: random search needs a search space", out)
+        self.assertEqual(self.runs(), [])
+        code, out = self.guild("run", "train.py", "--max-trials", "3", "-y")
+        self.assertIn("guild: --max-trials and --random-seed apply to "
+                      "batches", out)
+        code, out = self.guild("run", "train.py", "lr=[1,2]", "-o", "bayes",
+                               "-y")
+        self.assertIn("guild: unsupported optimizer 'bayes'", out)
+        self.assertEqual(self.runs(), [])
+
+    def test_restart_a_run_keeps_its_other_flags(self):
+        self.copy_sample("train.py")
+        self.guild("run", "train.py", "lr=0.5", "epochs=7", "-y")
+        code, out = self.guild("run", "--restart", "1", "name=x", "-y")
+        self.assertEqual(out, "lr=0.5 epochs=7 name=x fast=False "
+                         "seed=None\n")
+        self.assertEqual(self.runs()[0].get("label"),
+                         "epochs=7 fast=no lr=0.5 name=x")
+        code, out = self.guild("run", "--restart", "1", "lr=[1,2]", "-y")
+        self.assertIn("guild: a restart cannot make a run a batch", out)
 
 
 class QueueTest(GuildTestCase):
