@@ -26,15 +26,16 @@ file): copy this file freely, keep this notice.
 #   4. Small utilities: ids, time, JSON files, processes
 #   5. Locks
 #   6. Flags: decoding, encoding, inference
-#   7. Runs: the run directory and its status
-#   8. The run store: listing and selecting runs
-#   9. Operations: creating, staging and starting runs
+#   7. Runs: the run directory, its status and its scalars
+#   8. The run store: indexes, the listing cache, filters, the trash
+#   9. Operations: creating, staging, starting and stopping runs
 #  10. Batches and trials
 #  11. The queue
-#  12. Python API
-#  13. Command line
-#  14. Compatibility namespaces
-#  15. Script entry
+#  12. Results: compare
+#  13. Python API
+#  14. Command line
+#  15. Compatibility namespaces
+#  16. Script entry
 
 __version__ = "0.1.0"
 
@@ -59,6 +60,7 @@ __all__ = [
 
 import argparse
 import ast
+import codecs
 import csv
 import hashlib
 import itertools
@@ -133,6 +135,7 @@ PENDING_CLAIM = "PENDING"  # who is about to start it (pid + start time)
 PROC_ATTRS = "proc.json"  # the process running it, and when it started
 EXIT_ATTRS = "exit.json"  # how it ended
 OUTPUT_FILE = "output"  # what it printed, stdout and stderr as one stream
+SCALARS_FILE = "scalars"  # `key: number` lines it printed, one JSON a line
 
 QUEUE_FLAGDEFS = {
     "gpus": {"type": "string", "default": None,
@@ -978,7 +981,7 @@ def _flagdefs_help(op_name, flagdefs, doc=None):
 
 
 # ---------------------------------------------------------------------------
-## 7. Runs: the run directory and its status
+## 7. Runs: the run directory, its status and its scalars
 # ---------------------------------------------------------------------------
 
 
@@ -1055,6 +1058,14 @@ class Run:
         """staged, pending, running, completed, error or terminated."""
         return run_status(self.dir)
 
+    def scalars(self):
+        """The last value of each scalar the run printed: {key: value}."""
+        return _last_scalars(self.dir)
+
+    def scalar_history(self):
+        """Every scalar record: [(key, value, step, time)]."""
+        return read_scalars(self.dir)
+
     def __eq__(self, other):
         return isinstance(other, Run) and other.id == self.id
 
@@ -1127,8 +1138,97 @@ def _exit_status_name(exit_status, stopped_by_user):
     return "error"
 
 
+# Scalars: output lines `key: number` are recorded while a run goes, one
+# JSON list [key, value, step, time] a line; `step: N` sets the step of the
+# lines after it.
+
+_SCALAR_RE = re.compile(
+    r"^\s*([A-Za-z_][\w./\-]*):\s+([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?"
+    r"|\.\d+(?:[eE][-+]?\d+)?|nan|inf|infinity))\s*$", re.IGNORECASE)
+
+
+def parse_scalar_line(line):
+    """(key, value) if line reads `key: number`, else None."""
+    m = _SCALAR_RE.match(line)
+    return (m.group(1), float(m.group(2))) if m else None
+
+
+class _ScalarRecorder:
+    """Parses a run's output as it arrives; appends scalars to a file."""
+
+    def __init__(self, path):
+        self._file = open(path, "a", encoding="utf-8")
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._partial = ""
+        self.step = 0
+
+    def feed(self, data):
+        lines = (self._partial + self._decoder.decode(data)).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._line(line)
+
+    def _line(self, line):
+        scalar = parse_scalar_line(line.rstrip("\r"))
+        if scalar is None:
+            return
+        key, val = scalar
+        if key == "step":
+            if val == val and abs(val) != float("inf"):
+                self.step = int(val)
+            return
+        self._file.write(json.dumps([key, val, self.step, _timestamp()])
+                         + "\n")
+        self._file.flush()
+
+    def close(self):
+        if self._partial:
+            self._line(self._partial)
+        self._file.close()
+
+
+def read_scalars(run_dir):
+    """A run's scalar records: [(key, value, step, time)], in order."""
+    records = []
+    try:
+        with open(os.path.join(run_dir, ".guild", SCALARS_FILE),
+                  encoding="utf-8") as f:
+            for line in f:
+                try:
+                    key, val, step, ts = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short by a crash
+                records.append((key, val, step, ts))
+    except FileNotFoundError:
+        pass
+    return records
+
+
+def scalar_stats(records):
+    """{key: {"last", "min", "max", "step", "count"}} of scalar records."""
+    stats = {}
+    for key, val, step, _ts in records:
+        s = stats.get(key)
+        if s is None:
+            stats[key] = {"last": val, "min": val, "max": val, "step": step,
+                          "count": 1}
+            continue
+        s["last"], s["step"] = val, step
+        s["count"] += 1
+        if val < s["min"] or s["min"] != s["min"]:
+            s["min"] = val
+        if val > s["max"] or s["max"] != s["max"]:
+            s["max"] = val
+    return stats
+
+
+def _last_scalars(run_dir):
+    return {k: s["last"] for k, s in scalar_stats(read_scalars(run_dir))
+            .items()}
+
+
 # ---------------------------------------------------------------------------
-## 8. The run store: indexes, the listing cache, selecting runs
+## 8. The run store: indexes, the listing cache, filters, the trash
 # ---------------------------------------------------------------------------
 #
 # The run directories are the truth. Everything under GUILD_HOME/cache can
@@ -1332,8 +1432,8 @@ def _other_runs_running():
 
 _SUMMARY_FIELDS = ("id", "op", "kind", "label", "created", "started",
                    "stopped", "exit_status", "batch", "status", "mtime",
-                   "seen")
-_SUMMARY_CACHE_VERSION = 2
+                   "seen", "flags", "scalars")
+_SUMMARY_CACHE_VERSION = 3
 
 
 def _run_summary(run_id, run_dir, mtime, now):
@@ -1351,7 +1451,8 @@ def _run_summary(run_id, run_dir, mtime, now):
         "started": proc.get("started"), "stopped": exit_attrs.get("stopped"),
         "exit_status": exit_attrs.get("exit_status"),
         "batch": attrs.get("batch"), "status": run_status(run_dir),
-        "mtime": mtime, "seen": now,
+        "mtime": mtime, "seen": now, "flags": attrs.get("flags") or {},
+        "scalars": _last_scalars(run_dir),
     }
 
 
@@ -1404,6 +1505,7 @@ def run_summaries(runs_dir=None):
                 dirty = dirty or now - mtime >= _RACY_NS
             elif summary["status"] in ("running", "pending"):
                 summary["status"] = run_status(entry.path)
+                summary["scalars"] = _last_scalars(entry.path)
             summaries.append(summary)
     if dirty or len(summaries) != len(entries):
         try:
@@ -1423,6 +1525,107 @@ def list_runs(runs_dir=None):
     runs_dir = os.path.abspath(runs_dir or _runs_dir())
     return [Run(x["id"], runs_dir + os.sep + x["id"])
             for x in run_summaries(runs_dir)]
+
+
+class RunFilter:
+    """Which runs a command applies to, in Guild AI's filter words.
+
+    operation and label match substrings; statuses is a set of status
+    names; started is a range such as `today`, `last 2 hours`,
+    `after 2026-11-01`; batch is a batch run id (its trials).
+    """
+
+    def __init__(self, operation=None, label=None, unlabeled=False,
+                 statuses=(), started=None, batch=None):
+        self.operation = operation
+        self.label = label
+        self.unlabeled = unlabeled
+        self.statuses = set(statuses)
+        self.started = parse_time_range(started) if started else None
+        self.batch = batch
+
+    def matches(self, x):
+        """True if summary x passes every filter."""
+        if self.operation and self.operation not in x["op"]:
+            return False
+        if self.label and self.label not in x["label"]:
+            return False
+        if self.unlabeled and x["label"] not in (
+                "", _default_label(x.get("flags") or {})):
+            return False
+        if self.statuses and x["status"] not in self.statuses:
+            return False
+        if self.batch and x.get("batch") != self.batch:
+            return False
+        if self.started:
+            ts = x["started"] or x["created"] or 0
+            low, high = self.started
+            if (low is not None and ts < low) or (
+                    high is not None and ts >= high):
+                return False
+        return True
+
+
+_TIME_UNITS = {"minute": 60, "hour": 3600, "day": 86400, "week": 604800}
+
+
+def parse_time_range(spec, now=None):
+    """(low, high) in microseconds, either None, for a --started RANGE:
+    `today`, `yesterday`, `last N minutes|hours|days|weeks`,
+    `after DATE`, `before DATE`, `between DATE and DATE`, or a day
+    `2026-11-21`. DATE is `YYYY-MM-DD[ HH:MM[:SS]]` or `HH:MM` (today)."""
+    now = time.time() if now is None else now
+    text = " ".join(spec.lower().split())
+    midnight = time.mktime(time.localtime(now)[:3] + (0, 0, 0, 0, 0, -1))
+    m = re.match(r"^last (\d+) (minute|hour|day|week)s?$", text)
+    if text == "today":
+        low, high = midnight, None
+    elif text == "yesterday":
+        low, high = midnight - 86400, midnight
+    elif m:
+        low, high = now - int(m.group(1)) * _TIME_UNITS[m.group(2)], None
+    elif text.startswith("after "):
+        low, high = _parse_when(text[6:], midnight, spec), None
+    elif text.startswith("before "):
+        low, high = None, _parse_when(text[7:], midnight, spec)
+    elif text.startswith("between ") and " and " in text:
+        a, _, b = text[8:].partition(" and ")
+        low, high = _parse_when(a, midnight, spec), _parse_when(
+            b, midnight, spec)
+    else:
+        low = _parse_when(text, midnight, spec)
+        high = low + 86400
+    return (None if low is None else int(low * 1e6),
+            None if high is None else int(high * 1e6))
+
+
+def _parse_when(text, midnight, spec):
+    for fmt in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d"):
+        try:
+            return time.mktime(time.strptime(text, fmt)[:8] + (-1,))
+        except ValueError:
+            pass
+    m = re.match(r"^(\d{1,2}):(\d\d)$", text)
+    if m:
+        return midnight + int(m.group(1)) * 3600 + int(m.group(2)) * 60
+    raise UsageError(
+        "invalid time range '%s': use today, yesterday, 'last 2 hours', "
+        "'after 2026-11-01', 'before 2026-11-01 12:00', 'between 9:00 "
+        "and 12:00' or a day such as 2026-11-21" % spec)
+
+
+def _trash_runs_dir():
+    return os.path.join(_guild_home(), "trash", "runs")
+
+
+def _move_run(run, dest_dir):
+    """Move a run directory into dest_dir (the trash, or back)."""
+    _ensure_dir(dest_dir)
+    dest = os.path.join(dest_dir, run.id)
+    if os.path.exists(dest):
+        raise RunError("cannot move run %s: '%s' exists" % (run.id, dest))
+    os.rename(run.dir, dest)
+    return Run(run.id, dest)
 
 
 def _run_for_dir(run_dir):
@@ -1821,35 +2024,40 @@ def _run_script(run, attrs, gpus):
     proc_attrs["child"] = _process_owner(proc.pid)
     proc_attrs["command"] = [cmd[0]] + cmd[4:]
     _write_json(run.guild_path(PROC_ATTRS), proc_attrs)
-    return _supervise(proc, output_path, offset)
+    recorder = _ScalarRecorder(run.guild_path(SCALARS_FILE))
+    try:
+        return _supervise(proc, output_path, offset, recorder.feed)
+    finally:
+        recorder.close()
 
 
-def _supervise(proc, output_path, offset):
-    """Show the script's output as it grows until it exits.
+def _supervise(proc, output_path, offset, on_output):
+    """Show the script's output as it grows until it exits; pass each new
+    piece to on_output too.
 
-    A stop request is forwarded to the script's process group (a second
-    one kills it); the run then ends terminated.
+    Ctrl-C and SIGTERM are forwarded to the script's process group (a
+    second one kills it) and, once it has exited, raised as a stop: the
+    run then ends terminated with all its output shown and recorded.
     """
     exited = threading.Event()
     waiter = threading.Thread(target=lambda: (proc.wait(), exited.set()),
                               daemon=True)
     waiter.start()
-    stop = None
+    stops = []
+
+    def forward(signum, _frame):
+        stops.append(signum)
+        _signal_process_group(proc.pid, signal.SIGKILL if len(stops) > 1
+                              and not IS_WINDOWS else signum)
+
     delay = 0.005
-    with open(output_path, "rb") as f:
+    with _handle_stop_signals(forward), open(output_path, "rb") as f:
         f.seek(offset)
         while True:
-            try:
-                done = exited.wait(delay)
-            except (_StopRequested, KeyboardInterrupt) as e:
-                signum = getattr(e, "signum", signal.SIGINT)
-                if stop is not None and not IS_WINDOWS:
-                    signum = signal.SIGKILL
-                _signal_process_group(proc.pid, signum)
-                stop = _StopRequested(getattr(e, "signum", signal.SIGINT))
-                continue
+            done = exited.wait(delay)
             chunk = f.read()
             if chunk:
+                on_output(chunk)
                 _tee(chunk)
                 delay = 0.005
             else:
@@ -1857,9 +2065,29 @@ def _supervise(proc, output_path, offset):
             if done:
                 break
     waiter.join()
-    if stop is not None:
-        raise stop
+    if stops:
+        raise _StopRequested(stops[0])
     return proc.returncode
+
+
+class _handle_stop_signals:
+    """Route SIGINT and SIGTERM to handler in a with block (main thread
+    only; elsewhere signals are not delivered to us anyway)."""
+
+    def __init__(self, handler):
+        self.handler = handler
+        self.saved = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            names = ["SIGINT"] + ([] if IS_WINDOWS else ["SIGTERM"])
+            self.saved = [(getattr(signal, n), signal.signal(
+                getattr(signal, n), self.handler)) for n in names]
+        return self
+
+    def __exit__(self, *_exc):
+        for signum, old in self.saved or ():
+            signal.signal(signum, old)
 
 
 def _signal_process_group(pid, signum):
@@ -2040,8 +2268,10 @@ def _run_batch(batch_run, attrs):
             _print_staged(trial, False)
         return 0
     counts = {"completed": 0, "failed": 0, "terminated": 0}
+    started = time.monotonic()
     try:
-        for trial in trials:
+        for n, trial in enumerate(trials, 1):
+            _progress("trial %d/%d" % (n, len(trials)), started)
             exit_status = _try_run_staged_trial(
                 trial, batch_run, Lock(RUN_STATUS, timeout=60))
             if exit_status == 0:
@@ -2131,6 +2361,7 @@ def _run_queue(queue_run, attrs):
     queue_log.info("Processing staged runs")
     waiting = None
     last_verified = None
+    started, done = time.monotonic(), 0
     while True:
         if not ignore_running and _other_runs_running():
             if waiting != "running":
@@ -2154,6 +2385,9 @@ def _run_queue(queue_run, attrs):
             continue
         waiting = None
         last_verified = None
+        _progress("queue: %d done, %d staged" % (
+            done, len(_index_names("staged")) + 1), started)
+        done += 1
         queue_log.info("Starting staged run %s", run.id)
         try:
             exit_status = _start_run(run, gpus=gpus)
@@ -2165,8 +2399,150 @@ def _run_queue(queue_run, attrs):
 
 
 # ---------------------------------------------------------------------------
-## 12. Python API
+## 12. Results: compare
 # ---------------------------------------------------------------------------
+
+COMPARE_BASE_COLS = ("run", "operation", "started", "time", "status",
+                     "label")
+
+
+def compare_rows(summaries):
+    """(columns, rows) comparing runs: the base columns, every flag, then
+    the last value of every scalar; a row is a dict, None where a run
+    lacks a column. Times are seconds; started is `YYYY-MM-DD HH:MM:SS`.
+    """
+    flag_names = sorted({n for x in summaries for n in x["flags"]})
+    scalar_names = sorted({n for x in summaries for n in x["scalars"]})
+    taken = set(COMPARE_BASE_COLS) | set(flag_names)
+    scalar_cols = [("scalar:" + n if n in taken else n, n)
+                   for n in scalar_names]
+    columns = list(COMPARE_BASE_COLS) + flag_names + [c for c, _ in
+                                                      scalar_cols]
+    now = _timestamp()
+    rows = []
+    for x in summaries:
+        started = x["started"]
+        end = x["stopped"] or (now if x["status"] == "running" else None)
+        row = {"run": x["id"][:SHORT_ID_LEN], "operation": x["op"],
+               "started": _format_time(started) or None,
+               "time": round((end - started) / 1e6, 3)
+               if started and end else None,
+               "status": x["status"], "label": x["label"]}
+        for name in flag_names:
+            row[name] = x["flags"].get(name)
+        for col, name in scalar_cols:
+            row[col] = x["scalars"].get(name)
+        rows.append(row)
+    return columns, rows
+
+
+def _sort_rows(rows, column, descending):
+    """Rows sorted by column; rows lacking it (or nan) go last."""
+    def missing(row):
+        val = row.get(column)
+        return val is None or (isinstance(val, float) and val != val)
+
+    def key(row):
+        val = row[column]
+        return (0, val, "") if isinstance(val, (int, float)) else \
+            (1, 0, str(val))
+    present = sorted((r for r in rows if not missing(r)), key=key,
+                     reverse=descending)
+    return present + [r for r in rows if missing(r)]
+
+
+def _csv_cell(val):
+    if val is None:
+        return ""
+    if isinstance(val, float):
+        return repr(val)
+    return str(val)  # True/False for booleans, as pandas reads them
+
+
+def _table_cell(col, val):
+    if val is None:
+        return ""
+    if col == "time":
+        secs = int(val)
+        return "%d:%02d:%02d" % (secs // 3600, secs // 60 % 60, secs % 60)
+    if isinstance(val, float) and col not in COMPARE_BASE_COLS:
+        return "%.6g" % val
+    if isinstance(val, (bool, int, float, list, dict)) or val is None:
+        return encode_flag_val(val)
+    return str(val)
+
+
+def _progress(text, started):
+    """Show a progress line on a terminal (stderr); nothing otherwise."""
+    stream = sys.stderr
+    if not getattr(stream, "isatty", lambda: False)() or _Output.quiet:
+        return
+    elapsed = int(time.monotonic() - started)
+    line = "[guild] %s, %d:%02d:%02d elapsed" % (
+        text, elapsed // 3600, elapsed // 60 % 60, elapsed % 60)
+    if not os.environ.get("NO_COLOR"):
+        line = "\x1b[2m%s\x1b[0m" % line  # dim
+    stream.write(line + "\n")
+    stream.flush()
+
+
+# ---------------------------------------------------------------------------
+## 13. Python API
+# ---------------------------------------------------------------------------
+
+
+def run_op(op, flags=None, cwd=None, quiet=False, stage=False, **opts):
+    """Run op as `guild run OP FLAG=VAL... -y` would; return the run.
+
+    flags maps names to values or command line text (`{"lr": 0.1}`,
+    `{"lr": "[0.1,0.01]"}`); opts are run_attrs's (label, optimizer,
+    max_trials, random_seed, batch_files, stage_trials, gpus ...). A
+    batch returns its batch run. With stage, the run is only staged.
+    """
+    run = create_run(op, flags, cwd, stage=stage, **opts)
+    if not stage:
+        saved, _Output.quiet = _Output.quiet, quiet
+        try:
+            _start_run(run)
+        finally:
+            _Output.quiet = saved
+    return run
+
+
+def runs(operation=None, label=None, unlabeled=False, status=None,
+         started=None, batch=None, deleted=False):
+    """Runs in the store, newest first, filtered as the CLI filters.
+
+    status is a status name or a list of them; batch a batch run (or
+    id) whose trials to return; deleted lists the trash instead.
+    """
+    return _find_runs(operation, label, unlabeled, status, started, batch,
+                      deleted)
+
+
+def _find_runs(operation=None, label=None, unlabeled=False, status=None,
+               started=None, batch=None, deleted=False):
+    statuses = [status] if isinstance(status, str) else (status or ())
+    batch_id = getattr(batch, "id", batch)
+    where = RunFilter(operation, label, unlabeled, statuses, started,
+                      batch_id)
+    runs_dir = _trash_runs_dir() if deleted else _runs_dir()
+    return [Run(x["id"], os.path.join(runs_dir, x["id"]))
+            for x in run_summaries(runs_dir) if where.matches(x)]
+
+
+def compare(runs=None, **filters):
+    """Rows (dicts) comparing runs: run, operation, started, time,
+    status, label, each flag and the last value of each scalar.
+
+    runs is a list of runs (default: every run that filters select;
+    filters are those of `runs`).
+    """
+    if runs is None:
+        runs = _find_runs(**filters)
+    wanted = {getattr(r, "id", r) for r in runs}
+    summaries = [x for x in run_summaries() if x["id"] in wanted]
+    return compare_rows(summaries)[1]
 
 
 def run_attrs(opspec, flags=None, cwd=None, label=None, optimizer=None,
@@ -2250,7 +2626,7 @@ def create_run(opspec, flags=None, cwd=None, stage=False, run_dir=None,
 
 
 # ---------------------------------------------------------------------------
-## 13. Command line
+## 14. Command line
 # ---------------------------------------------------------------------------
 
 
@@ -2409,12 +2785,35 @@ def _update_flags(run, raw_flags, force):
     _write_json(run.guild_path(RUN_ATTRS), attrs)
 
 
-def _listing():
-    """(summaries, runs) of the store, newest first, index-aligned."""
-    runs_dir = _runs_dir()
+def _listing(args=None, deleted=False):
+    """(summaries, runs) a command sees, newest first, index-aligned:
+    the store (or the trash), narrowed by args' filter options."""
+    runs_dir = _trash_runs_dir() if deleted else _runs_dir()
     summaries = run_summaries(runs_dir)
+    if args is not None:
+        where = _filter_from_args(args, summaries)
+        summaries = [x for x in summaries if where.matches(x)]
     return summaries, [Run(x["id"], runs_dir + os.sep + x["id"])
                        for x in summaries]
+
+
+def _filter_from_args(args, summaries):
+    statuses = [name for name in STATUS_FILTERS if getattr(
+        args, "status_" + name, False)]
+    batch = None
+    if getattr(args, "batch", None):
+        runs_dir = _runs_dir()
+        batch = _select_one(args.batch, [
+            Run(x["id"], runs_dir + os.sep + x["id"]) for x in summaries]).id
+    return RunFilter(args.filter_op, args.filter_label, args.unlabeled,
+                     statuses, args.filter_started, batch)
+
+
+def _select_or_all(args, deleted=False):
+    """(summaries, selected runs): RUN args among the filtered listing,
+    or every run in it."""
+    summaries, runs = _listing(args, deleted)
+    return summaries, (select_runs(args.runs, runs) if args.runs else runs)
 
 
 def _summary_rows(summaries, selected=None):
@@ -2438,12 +2837,23 @@ def _format_table(rows):
                       enumerate(row)).rstrip() for row in rows]
 
 
+def _confirm_runs(args, verb, summaries, selected):
+    """List selected runs and ask before verb-ing them (unless -y)."""
+    if args.yes:
+        return
+    print("You are about to %s the following runs:" % verb)
+    for line in _format_table(_summary_rows(summaries, selected)):
+        print("  " + line)
+    if not _confirm("%s %d run(s)?" % (verb.capitalize(), len(selected))):
+        raise GuildError("aborted")
+
+
 def _cmd_runs_list(args):
-    summaries = run_summaries()
+    summaries, _runs = _listing(args, deleted=args.deleted)
     limit = None if args.all else (args.n or DEFAULT_LIST_LIMIT)
     shown = summaries if limit is None else summaries[:limit]
-    print("\n".join(_format_table(_summary_rows(shown))) or "", end="\n"
-          if shown else "")
+    for line in _format_table(_summary_rows(shown)):
+        print(line)
     if len(shown) < len(summaries):
         print("Showing the first %d runs (%d total) - use --all to show "
               "all or -n to show more" % (len(shown), len(summaries)),
@@ -2452,7 +2862,7 @@ def _cmd_runs_list(args):
 
 
 def _cmd_runs_info(args):
-    run = _select_one(args.run or "1", list_runs())
+    run = _select_one(args.run or "1", _listing(args)[1])
     attrs = run._attrs()
     proc = _read_json(run.guild_path(PROC_ATTRS)) or {}
     exit_attrs = _read_json(run.guild_path(EXIT_ATTRS)) or {}
@@ -2481,13 +2891,25 @@ def _cmd_runs_info(args):
     flags = attrs.get("flags") or {}
     lines += ["  %s: %s" % (n, encode_flag_val(flags[n]))
               for n in sorted(flags)]
+    lines.append("scalars:")
+    for key, st in sorted(scalar_stats(read_scalars(run.dir)).items()):
+        if args.scalar_stats:
+            lines.append("  %s: %s (min %s, max %s, step %s, %d values)" % (
+                key, _num(st["last"]), _num(st["min"]), _num(st["max"]),
+                st["step"], st["count"]))
+        else:
+            lines.append("  %s: %s (step %s)" % (key, _num(st["last"]),
+                                                 st["step"]))
     print("\n".join(lines))
     return 0
 
 
+def _num(x):
+    return "%.6g" % x
+
+
 def _cmd_runs_delete(args):
-    summaries, runs = _listing()
-    selected = select_runs(args.runs, runs) if args.runs else runs
+    summaries, selected = _select_or_all(args)
     if not selected:
         print("Nothing to delete")
         return 0
@@ -2495,31 +2917,52 @@ def _cmd_runs_delete(args):
     if running:
         raise RunError("cannot delete running run %s - stop it first"
                        % running[0].id)
-    if not args.yes:
-        print("You are about to delete the following runs:")
-        for line in _format_table(_summary_rows(summaries, selected)):
-            print("  " + line)
-        if not _confirm("Delete %d run(s)?" % len(selected)):
-            raise GuildError("aborted")
+    _confirm_runs(args, "permanently delete" if args.permanent
+                  else "delete", summaries, selected)
+    for run in selected:
+        if args.permanent:
+            shutil.rmtree(run.dir)
+        else:
+            _move_run(run, _trash_runs_dir())
+    print("%s %d run(s)" % ("Permanently deleted" if args.permanent
+                            else "Deleted", len(selected)))
+    return 0
+
+
+def _cmd_runs_restore(args):
+    summaries, selected = _select_or_all(args, deleted=True)
+    if not selected:
+        print("Nothing to restore")
+        return 0
+    _confirm_runs(args, "restore", summaries, selected)
+    for run in selected:
+        restored = _move_run(run, _runs_dir())
+        if restored.status == "staged":
+            _index_put("staged", _index_name(restored.id,
+                                             restored.get("created")), {})
+    print("Restored %d run(s)" % len(selected))
+    return 0
+
+
+def _cmd_runs_purge(args):
+    summaries, selected = _select_or_all(args, deleted=True)
+    if not selected:
+        print("Nothing to purge")
+        return 0
+    _confirm_runs(args, "permanently delete", summaries, selected)
     for run in selected:
         shutil.rmtree(run.dir)
-    print("Deleted %d run(s)" % len(selected))
+    print("Purged %d run(s)" % len(selected))
     return 0
 
 
 def _cmd_stop(args):
-    summaries, runs = _listing()
-    selected = select_runs(args.runs, runs) if args.runs else runs
+    summaries, selected = _select_or_all(args)
     running = [r for r in selected if r.status == "running"]
     if not running:
         print("Nothing to stop")
         return 0
-    if not args.yes:
-        print("You are about to stop the following runs:")
-        for line in _format_table(_summary_rows(summaries, running)):
-            print("  " + line)
-        if not _confirm("Stop %d run(s)?" % len(running)):
-            raise GuildError("aborted")
+    _confirm_runs(args, "stop", summaries, running)
     for run in running:
         if _stop_run(run):
             print("Stopping %s (%s)" % (run.short_id, run.op_desc))
@@ -2529,8 +2972,102 @@ def _cmd_stop(args):
     return 0
 
 
+def _cmd_label(args):
+    changes = [(k, getattr(args, k)) for k in
+               ("set", "append", "prepend", "remove") if getattr(args, k)
+               is not None] + ([("clear", None)] if args.clear else [])
+    if len(changes) != 1:
+        raise UsageError("give one of --set, --append, --prepend, --remove "
+                         "or --clear")
+    (change, text), = changes
+    summaries, selected = _select_or_all(args)
+    if not selected:
+        print("Nothing to label")
+        return 0
+    _confirm_runs(args, "label", summaries, selected)
+    for run in selected:
+        attrs = run._attrs()
+        label = attrs.get("label") or ""
+        value = render_label(text, attrs.get("flags") or {}) if text else ""
+        if change == "set":
+            label = value
+        elif change == "append":
+            label = ("%s %s" % (label, value)).strip()
+        elif change == "prepend":
+            label = ("%s %s" % (value, label)).strip()
+        elif change == "remove":
+            label = " ".join(label.replace(value, " ").split())
+        else:
+            label = ""
+        attrs["label"] = label
+        _write_json(run.guild_path(RUN_ATTRS), attrs)
+    print("Labeled %d run(s)" % len(selected))
+    return 0
+
+
+def _cmd_compare(args):
+    summaries, _runs = _listing(args)
+    if args.runs:
+        wanted = {r.id for r in select_runs(args.runs, _runs)}
+        summaries = [x for x in summaries if x["id"] in wanted]
+    columns, rows = compare_rows(summaries)
+    if args.strict_cols:
+        picked = [c.strip() for c in args.strict_cols.split(",") if
+                  c.strip()]
+        unknown = [c for c in picked if c not in columns]
+        if unknown:
+            raise UsageError("unknown column '%s' (columns: %s)"
+                             % (unknown[0], ", ".join(columns)))
+        columns = ["run"] + [c for c in picked if c != "run"]
+    if args.min and args.max:
+        raise UsageError("--min and --max cannot be used together")
+    sort_col = args.min or args.max
+    if sort_col:
+        if sort_col not in columns and not any(sort_col in r for r in rows):
+            raise UsageError("unknown column '%s'" % sort_col)
+        rows = _sort_rows(rows, sort_col, descending=bool(args.max))
+    if args.top is not None:
+        rows = rows[:args.top]
+    if args.csv:
+        _write_compare_csv(args.csv, columns, rows)
+        return 0
+    table = [columns] + [[_table_cell(c, r.get(c)) for c in columns]
+                         for r in rows]
+    for line in _format_table(table):
+        print(line)
+    return 0
+
+
+def _write_compare_csv(dest, columns, rows):
+    if dest == "-":
+        out = sys.stdout
+    else:
+        out = open(dest, "w", newline="", encoding="utf-8")
+    try:
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(columns)
+        for r in rows:
+            writer.writerow([_csv_cell(r.get(c)) for c in columns])
+    finally:
+        if out is not sys.stdout:
+            out.close()
+
+
+def _cmd_ls(args):
+    run = _select_one(args.run or "1", _listing()[1])
+    print("%s:" % run.dir)
+    for root, dirs, files in os.walk(run.dir):
+        dirs.sort()
+        if not args.all:
+            dirs[:] = [d for d in dirs if d != ".guild"]
+        for name in sorted(files):
+            rel = os.path.relpath(os.path.join(root, name), run.dir)
+            print("  " + rel.replace(os.sep, "/"))
+    return 0
+
+
 def _cmd_cat(args):
-    run = _select_one(args.run or "1", list_runs())
+    run = _select_one(args.run or "1", _listing()[1])
     if args.output:
         path = run.guild_path(OUTPUT_FILE)
     elif args.path:
@@ -2540,7 +3077,7 @@ def _cmd_cat(args):
     try:
         with open(path, "rb") as f:
             data = f.read()
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError):
         raise GuildError("%s does not exist for run %s" % (
             "output" if args.output else args.path, run.id))
     _write_stdout(data)
@@ -2556,6 +3093,37 @@ ignore-running is set. With gpus set, the runs it starts see only those
 GPUs, and runs staged with --gpus are started only by a queue whose gpus
 match. run-once starts the staged runs there are and stops."""
 
+STATUS_FILTERS = ("staged", "pending", "running", "completed", "error",
+                  "terminated")
+
+
+def _add_filter_args(p):
+    g = p.add_argument_group("filters")
+    g.add_argument("-Fo", "--operation", dest="filter_op", metavar="VAL",
+                   help="runs whose operation contains VAL")
+    g.add_argument("-Fl", "--label", dest="filter_label", metavar="VAL",
+                   help="runs whose label contains VAL")
+    g.add_argument("-Fu", "--unlabeled", action="store_true",
+                   help="runs with no label but their flags")
+    g.add_argument("-Fs", "--started", dest="filter_started",
+                   metavar="RANGE", help="runs started in RANGE: today, "
+                   "'last 2 hours', 'after 2026-11-01', 'between 9:00 and "
+                   "12:00' ...")
+    for name in STATUS_FILTERS:
+        g.add_argument("-S" + name[0], "--" + name, action="store_true",
+                       dest="status_" + name, help="%s runs" % name)
+    g.add_argument("--batch", metavar="RUN", help="the trials of batch RUN")
+
+
+def _add_runs_args(p, verb, func, default="all"):
+    p.add_argument("runs", nargs="*", metavar="RUN",
+                   help="runs to %s (default: %s)" % (verb, default))
+    p.add_argument("-y", "--yes", action="store_true",
+                   help="do not ask for confirmation")
+    _add_filter_args(p)
+    p.set_defaults(func=func)
+    return p
+
 
 def _add_run_parser(sub):
     p = sub.add_parser("run", help="run an operation",
@@ -2568,7 +3136,8 @@ def _add_run_parser(sub):
                    "batch; @FILE.csv or @FILE.json lists trials")
     p.add_argument("-y", "--yes", action="store_true",
                    help="do not ask for confirmation")
-    p.add_argument("-l", "--label", help="the run's label")
+    p.add_argument("-l", "--label", help="the run's label; ${flag} is "
+                   "replaced by the flag's value")
     p.add_argument("--stage", action="store_true",
                    help="stage the run to start later")
     p.add_argument("--start", metavar="RUN", help="start a staged run")
@@ -2605,13 +3174,17 @@ def _add_list_args(p):
     p.add_argument("-n", type=int, metavar="N",
                    help="show the first N runs (default %d)"
                    % DEFAULT_LIST_LIMIT)
+    p.add_argument("-d", "--deleted", action="store_true",
+                   help="list the deleted runs (the trash)")
+    _add_filter_args(p)
 
 
 def _add_runs_parser(sub):
-    p = sub.add_parser("runs", help="list, show or delete runs",
-                       description="List runs (the default), show one or "
-                       "delete some. RUN is an index from the listing (1 "
-                       "is the newest), an id or an id prefix.")
+    p = sub.add_parser("runs", help="list, show, stop, delete or restore "
+                       "runs", description="List runs (the default), show "
+                       "one, stop, delete, restore or purge some. RUN is an "
+                       "index from the listing (1 is the newest), an id or "
+                       "an id prefix.")
     _add_list_args(p)
     p.set_defaults(func=_cmd_runs_list)
     runs_sub = p.add_subparsers(dest="runs_cmd", metavar="COMMAND")
@@ -2621,30 +3194,79 @@ def _add_runs_parser(sub):
     ip = runs_sub.add_parser("info", help="show a run's attributes")
     ip.add_argument("run", nargs="?", metavar="RUN",
                     help="the run (default: the newest)")
+    ip.add_argument("--scalar-stats", action="store_true",
+                    help="show each scalar's min, max and count too")
+    _add_filter_args(ip)
     ip.set_defaults(func=_cmd_runs_info)
-    _add_stop_args(runs_sub.add_parser("stop", help="stop running runs"))
+    _add_runs_args(runs_sub.add_parser("stop", help="stop running runs"),
+                   "stop", _cmd_stop, "every running run")
     for name in ("delete", "rm"):
-        dp = runs_sub.add_parser(name, help="delete runs")
-        dp.add_argument("runs", nargs="*", metavar="RUN",
-                        help="runs to delete (default: all)")
-        dp.add_argument("-y", "--yes", action="store_true",
-                        help="do not ask for confirmation")
-        dp.set_defaults(func=_cmd_runs_delete)
-
-
-def _add_stop_args(p):
-    p.add_argument("runs", nargs="*", metavar="RUN",
-                   help="runs to stop (default: all running runs)")
-    p.add_argument("-y", "--yes", action="store_true",
-                   help="do not ask for confirmation")
-    p.set_defaults(func=_cmd_stop)
+        dp = _add_runs_args(runs_sub.add_parser(
+            name, help="delete runs (to the trash)"), "delete",
+            _cmd_runs_delete)
+        dp.add_argument("-p", "--permanent", action="store_true",
+                        help="delete for good, not to the trash")
+    _add_runs_args(runs_sub.add_parser(
+        "restore", help="bring deleted runs back from the trash"),
+        "restore", _cmd_runs_restore, "every deleted run")
+    _add_runs_args(runs_sub.add_parser(
+        "purge", help="delete runs in the trash for good"), "purge",
+        _cmd_runs_purge, "every deleted run")
 
 
 def _add_stop_parser(sub):
-    _add_stop_args(sub.add_parser(
+    _add_runs_args(sub.add_parser(
         "stop", help="stop running runs", description="Stop running runs: "
         "a script's process group gets SIGTERM and its run ends "
-        "terminated; stopping a queue stops its run, then the queue."))
+        "terminated; stopping a queue stops its run, then the queue."),
+        "stop", _cmd_stop, "every running run")
+
+
+def _add_label_parser(sub):
+    p = _add_runs_args(sub.add_parser(
+        "label", help="set or change run labels", description="Change the "
+        "labels of runs. ${flag} in VAL is replaced by each run's flag "
+        "value."), "label", _cmd_label)
+    g = p.add_argument_group("changes (give one)")
+    g.add_argument("-s", "--set", metavar="VAL", help="set the label")
+    g.add_argument("-a", "--append", metavar="VAL", help="add VAL at the "
+                   "end")
+    g.add_argument("-P", "--prepend", metavar="VAL", help="add VAL at the "
+                   "start")
+    g.add_argument("-r", "--remove", metavar="VAL", help="remove VAL")
+    g.add_argument("-c", "--clear", action="store_true",
+                   help="clear the label")
+
+
+def _add_compare_parser(sub):
+    p = sub.add_parser("compare", help="compare runs by flags and scalars",
+                       description="A table of runs: run, operation, "
+                       "started, time, status, label, each flag and the "
+                       "last value of each scalar (output lines such as "
+                       "'loss: 0.31').")
+    p.add_argument("runs", nargs="*", metavar="RUN",
+                   help="runs to compare (default: all)")
+    p.add_argument("--csv", metavar="PATH",
+                   help="write CSV to PATH (- for standard output)")
+    p.add_argument("-cc", "--strict-cols", metavar="COLS",
+                   help="show only these comma-separated columns")
+    p.add_argument("--min", metavar="COL", help="sort by COL, lowest first")
+    p.add_argument("--max", metavar="COL",
+                   help="sort by COL, highest first")
+    p.add_argument("-n", "--top", type=int, metavar="N",
+                   help="show the first N runs")
+    _add_filter_args(p)
+    p.set_defaults(func=_cmd_compare)
+
+
+def _add_ls_parser(sub):
+    p = sub.add_parser("ls", help="list a run's files",
+                       description="List the files of a run.")
+    p.add_argument("run", nargs="?", metavar="RUN",
+                   help="the run (default: the newest)")
+    p.add_argument("-a", "--all", action="store_true",
+                   help="include guild.py's own files in .guild")
+    p.set_defaults(func=_cmd_ls)
 
 
 def _add_cat_parser(sub):
@@ -2659,6 +3281,7 @@ def _add_cat_parser(sub):
 
 
 COMMANDS = [_add_run_parser, _add_runs_parser, _add_stop_parser,
+            _add_label_parser, _add_compare_parser, _add_ls_parser,
             _add_cat_parser]
 
 
@@ -2717,7 +3340,7 @@ def main(argv=None):
 
 
 # ---------------------------------------------------------------------------
-## 14. Compatibility namespaces
+## 15. Compatibility namespaces
 # ---------------------------------------------------------------------------
 
 
@@ -2743,7 +3366,7 @@ run = _namespace(
     Run=Run, mkid=mkid, run_status=run_status)
 
 # ---------------------------------------------------------------------------
-## 15. Script entry
+## 16. Script entry
 # ---------------------------------------------------------------------------
 
 # MIT License

@@ -196,6 +196,10 @@ class Project:
         if code != 0:
             print("<exit %i>" % code)
 
+    def guild_output(self, *args):
+        """The output of `guild ARGS...` as a string."""
+        return self._cmd(args)[1]
+
     def list_runs(self):
         """The store's runs, newest first."""
         return guild.list_runs(path(self.guild_home, "runs"))
@@ -222,6 +226,7 @@ class Project:
 
 
 DOCTEST_GLOBS = {
+    "os": os,
     "Project": Project, "mkdtemp": mkdtemp, "path": path, "write": write,
     "sample": sample, "cat": cat, "SetGuildHome": SetGuildHome,
     "LogCapture": LogCapture, "guild_cmd": guild_cmd,
@@ -1379,6 +1384,151 @@ class StopTest(GuildTestCase):
         p.stdout.close()
         self.assertEqual(run.status, "error")
         self.assertEqual(run.get("exit_status"), -signal.SIGKILL)
+
+
+class ScalarTest(GuildTestCase):
+    def test_parser(self):
+        p = guild.parse_scalar_line
+        self.assertEqual(p("loss: 0.31"), ("loss", 0.31))
+        self.assertEqual(p("loss: -2"), ("loss", -2.0))
+        self.assertEqual(p("lr: 1e-3"), ("lr", 0.001))
+        self.assertEqual(p("lr: -1.5E+2"), ("lr", -150.0))
+        self.assertEqual(p("  acc: .5  "), ("acc", 0.5))
+        self.assertEqual(p("val/loss: 3"), ("val/loss", 3.0))
+        key, val = p("x: nan")
+        self.assertTrue(val != val)
+        self.assertEqual(p("x: -inf"), ("x", float("-inf")))
+        self.assertEqual(p("x: Infinity"), ("x", float("inf")))
+        for line in ["Epoch 1: loss 0.3", "time: 12:30", "version: 1.2.3",
+                     "loss: 0.31 (best)", "loss:0.31", "loss: ", "loss: abc",
+                     "http://host: 1", "- loss: 1", "loss: 1 2", "",
+                     "loss: 0x10", "loss: nanny"]:
+            with self.subTest(line=line):
+                self.assertIsNone(p(line))
+
+    def test_recorder_splits_lines_across_chunks_and_steps(self):
+        target = path(self.project, "scalars")
+        rec = guild._ScalarRecorder(target)
+        for chunk in [b"lo", b"ss: 1\nstep: 2\nl", b"oss: 0.5\n\xc3",
+                      b"\xa9t\xc3\xa9: 3\nacc: 0.9"]:
+            rec.feed(chunk)
+        rec.close()
+        with open(target, encoding="utf-8") as f:
+            records = [json.loads(line)[:3] for line in f]
+        # The split UTF-8 line decodes; its key is not a scalar name.
+        self.assertEqual(records, [["loss", 1.0, 0], ["loss", 0.5, 2],
+                                   ["acc", 0.9, 2]])
+
+    def test_stats(self):
+        stats = guild.scalar_stats([("a", 2.0, 0, 0), ("a", 1.0, 1, 0),
+                                    ("a", 3.0, 2, 0), ("b", 5.0, 0, 0)])
+        self.assertEqual(stats["a"], {"last": 3.0, "min": 1.0, "max": 3.0,
+                                      "step": 2, "count": 3})
+        self.assertEqual(stats["b"]["last"], 5.0)
+
+    @unittest.skipIf(IS_WINDOWS, "POSIX signals")
+    def test_ctrl_c_keeps_scalars_already_printed(self):
+        write(path(self.project, "slow.py"),
+              "import time\nprint('loss: 0.5')\nprint('step: 1')\n"
+              "print('loss: 0.25', flush=True)\ntime.sleep(60)\n")
+        p = subprocess.Popen(
+            [sys.executable, GUILD_PY, "run", "slow.py", "-y"],
+            cwd=self.project, env=dict(os.environ, GUILD_HOME=self.home),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        while b"0.25" not in p.stdout.readline():
+            pass
+        p.send_signal(signal.SIGINT)
+        p.wait(timeout=30)
+        p.stdout.close()
+        run = self.runs()[0]
+        self.assertEqual(run.status, "terminated")
+        self.assertEqual([r[:3] for r in run.scalar_history()],
+                         [("loss", 0.5, 0), ("loss", 0.25, 1)])
+        self.assertEqual(run.scalars(), {"loss": 0.25})
+
+
+@unittest.skipIf(IS_WINDOWS, "needs a pseudo-terminal")
+class ProgressTest(GuildTestCase):
+    def run_in_pty(self, args, env=None):
+        import pty
+        master, slave = pty.openpty()
+        p = subprocess.Popen(
+            [sys.executable, GUILD_PY] + args, cwd=self.project,
+            env=dict(os.environ, GUILD_HOME=self.home, **(env or {})),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)
+        os.close(slave)
+        out = p.stdout.read()
+        p.wait(timeout=60)
+        p.stdout.close()
+        err = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            err += chunk
+        os.close(master)
+        return out.decode(), err.decode()
+
+    def test_batch_and_queue_progress_on_a_terminal(self):
+        self.copy_sample("train.py")
+        out, err = self.run_in_pty(["run", "train.py", "lr=[1,2,3]", "-y"])
+        self.assertIn("[guild] trial 1/3, 0:00:00 elapsed", err)
+        self.assertIn("[guild] trial 3/3", err)
+        self.assertIn("\x1b[2m", err)
+        self.assertNotIn("\x1b", out)
+        self.guild("run", "train.py", "lr=[1,2]", "--stage-trials", "-y")
+        out, err = self.run_in_pty(["run", "queue", "run-once=yes", "-y"],
+                                   env={"NO_COLOR": "1"})
+        self.assertIn("[guild] queue: 0 done, 2 staged", err)
+        self.assertIn("[guild] queue: 1 done, 1 staged", err)
+        self.assertNotIn("\x1b", err)
+
+    def test_no_progress_when_not_a_terminal(self):
+        self.copy_sample("train.py")
+        code, out = self.guild("run", "train.py", "lr=[1,2]", "-y")
+        self.assertNotIn("elapsed", out)
+        self.assertNotIn("\x1b", out)
+
+
+class TrashTest(GuildTestCase):
+    @unittest.skipIf(IS_WINDOWS, "POSIX signals")
+    def test_running_run_cannot_be_deleted(self):
+        self.copy_sample("sleep.py")
+        p = subprocess.Popen(
+            [sys.executable, GUILD_PY, "run", "sleep.py", "-y"],
+            cwd=self.project, env=dict(os.environ, GUILD_HOME=self.home),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.assertEqual(p.stdout.readline(), b"sleeping\n")
+        self.assertGuildError(self.guild("runs", "delete", "-y"),
+                              "cannot delete running run")
+        self.guild("stop", "-y")
+        p.wait(timeout=30)
+        p.stdout.close()
+        self.assertEqual(self.guild("runs", "delete", "-y"),
+                         (0, "Deleted 1 run(s)\n"))
+        self.assertEqual(len(os.listdir(path(self.home, "trash", "runs"))),
+                         1)
+
+    def test_restored_staged_run_is_queued(self):
+        self.copy_sample("train.py")
+        self.guild("run", "train.py", "--stage", "-y")
+        self.guild("runs", "delete", "-y")
+        code, out = self.guild("run", "queue", "run-once=yes", "-y")
+        self.assertNotIn("Starting staged run", out)
+        self.guild("runs", "restore", "-y")
+        code, out = self.guild("run", "queue", "run-once=yes", "-y")
+        self.assertIn("Starting staged run", out)
+
+    def test_compare_csv_types(self):
+        self.copy_sample("train.py")
+        self.guild("run", "train.py", "fast=yes", "lr=0.5", "-y")
+        code, out = self.guild("compare", "--csv", "-", "-cc",
+                               "fast,lr,epochs,name,seed")
+        self.assertEqual(out.splitlines()[1].split(",")[1:],
+                         ["True", "0.5", "2", "base", ""])
 
 
 # ---------------------------------------------------------------------------
