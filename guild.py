@@ -59,10 +59,8 @@ __all__ = [
 # ---------------------------------------------------------------------------
 
 import argparse
-import ast
 import codecs
 import csv
-import hashlib
 import itertools
 import json
 import logging
@@ -77,7 +75,7 @@ import sys
 import threading
 import time
 import types
-import uuid
+import zlib
 
 IS_WINDOWS = os.name == "nt"
 
@@ -287,7 +285,7 @@ def _raise_stop(signum, _frame):
 
 def mkid():
     """Return a new run id: 32 hex digits."""
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 _last_timestamp = [0]
@@ -319,7 +317,7 @@ def _read_json(path, default=None):
 
 def _write_json(path, data):
     """Write JSON atomically: readers see the old file or the new one."""
-    tmp = "%s.%s.tmp" % (path, uuid.uuid4().hex[:8])
+    tmp = "%s.%s.tmp" % (path, os.urandom(4).hex())
     text = json.dumps(data)  # the C encoder; json.dump is pure Python
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
@@ -871,22 +869,43 @@ exec(code, main.__dict__)
 """
 
 def _script_flagdefs(script_path):
-    """Return (mode, flagdefs) for a script: mode is args or globals."""
+    """Return (mode, flagdefs) for a script: mode is args or globals.
+
+    Cached under GUILD_HOME/cache/flags by the script's content: two
+    checksums and the length name the entry, and the entry keeps the
+    source, so a hit is checked byte for byte.
+    """
     with open(script_path, "rb") as f:
         source = f.read()
+    salted = source + _ARGPARSE_PROBE.encode()
+    key = "%08x%08x%d" % (zlib.crc32(salted), zlib.adler32(salted),
+                          len(source))
+    cache_path = os.path.join(_guild_home(), "cache", "flags",
+                              key + ".json")
+    cached = _read_json(cache_path)
+    if isinstance(cached, dict) and cached.get("source") == \
+            source.decode("utf-8", "replace"):
+        return cached["mode"], cached["flags"]
+    import ast  # only when a script is new or changed
     try:
         tree = ast.parse(source, script_path)
     except SyntaxError as e:
         raise OpError("cannot read flags from %s: %s (line %s)"
                       % (script_path, e.msg, e.lineno))
-    if _imports_argparse(tree):
-        defs = _argparse_flagdefs(script_path, source)
-        if defs is not None:
-            return "args", defs
-    return "globals", _globals_flagdefs(tree)
+    mode, flags = "globals", None
+    if _imports_argparse(ast, tree):
+        flags = _argparse_flagdefs(script_path, cache_path)
+        if flags is not None:
+            mode = "args"
+    if flags is None:
+        flags = _globals_flagdefs(ast, tree)
+    _write_cache_json(cache_path, {"mode": mode, "flags": flags,
+                                   "source": source.decode("utf-8",
+                                                           "replace")})
+    return mode, flags
 
 
-def _imports_argparse(tree):
+def _imports_argparse(ast, tree):
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             if any(a.name == "argparse" for a in node.names):
@@ -896,7 +915,7 @@ def _imports_argparse(tree):
     return False
 
 
-def _globals_flagdefs(tree):
+def _globals_flagdefs(ast, tree):
     defs = {}
     for node in tree.body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1:
@@ -918,19 +937,13 @@ def _globals_flagdefs(tree):
     return defs
 
 
-def _argparse_flagdefs(script_path, source):
+def _argparse_flagdefs(script_path, cache_path):
     """Flag defs from the script's argparse parser, or None if it has none.
 
-    Cached under GUILD_HOME/cache/flags by the script's content.
+    The script runs in a child process that stops at parse_args.
     """
-    digest = hashlib.sha256(source + _ARGPARSE_PROBE.encode()).hexdigest()
-    cache_dir = os.path.join(_guild_home(), "cache", "flags")
-    cache_path = os.path.join(cache_dir, digest[:32] + ".json")
-    cached = _read_json(cache_path)
-    if isinstance(cached, dict) and "flags" in cached:
-        return cached["flags"]
-    _ensure_dir(cache_dir)
-    out_path = "%s.%s.out" % (cache_path, uuid.uuid4().hex[:8])
+    out_path = "%s.%s.out" % (cache_path, os.urandom(4).hex())
+    _ensure_dir(os.path.dirname(cache_path))
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     try:
         subprocess.run(
@@ -946,13 +959,12 @@ def _argparse_flagdefs(script_path, source):
                     FLAGS_PROBE_TIMEOUT)
     probed = _read_json(out_path)
     _remove(out_path)
-    flags = None
-    if isinstance(probed, list):
-        flags = {}
-        for item in probed:
-            name = item.pop("name")
-            flags[name] = item
-    _write_json(cache_path, {"flags": flags})
+    if not isinstance(probed, list):
+        return None
+    flags = {}
+    for item in probed:
+        name = item.pop("name")
+        flags[name] = item
     return flags
 
 
@@ -1946,13 +1958,17 @@ ast.fix_missing_locations(tree)
 code = compile(tree, script, "exec")
 status = []
 def record():
-    if status:
-        tmp = "%s.%d.tmp" % (exit_path, os.getpid())
+    if not status:
+        return
+    tmp = "%s.%d.tmp" % (exit_path, os.getpid())
+    try:
         with open(tmp, "w") as f:
             json.dump({"exit_status": status[0], "stopped":
                        time.time_ns() // 1000, "status": "completed"
                        if status[0] == 0 else "error"}, f)
         os.replace(tmp, exit_path)
+    except OSError:
+        pass  # the run dir is gone; whoever watches records the exit
 atexit.register(record)
 sys.argv = sys.argv[2:]
 sys.path[0] = os.path.dirname(os.path.abspath(script))
@@ -3125,10 +3141,9 @@ def _add_runs_args(p, verb, func, default="all"):
     return p
 
 
-def _add_run_parser(sub):
-    p = sub.add_parser("run", help="run an operation",
-                       description="Run a script as a tracked run, stage "
-                       "it, or start or restart a run.")
+def _build_run_parser(p):
+    p.description = ("Run a script as a tracked run, stage it, or start or "
+                     "restart a run.")
     p.add_argument("opspec", nargs="?", metavar="OP",
                    help="a script (NAME.py) or 'queue'")
     p.add_argument("flags", nargs="*", metavar="FLAG=VAL",
@@ -3179,12 +3194,10 @@ def _add_list_args(p):
     _add_filter_args(p)
 
 
-def _add_runs_parser(sub):
-    p = sub.add_parser("runs", help="list, show, stop, delete or restore "
-                       "runs", description="List runs (the default), show "
-                       "one, stop, delete, restore or purge some. RUN is an "
-                       "index from the listing (1 is the newest), an id or "
-                       "an id prefix.")
+def _build_runs_parser(p):
+    p.description = ("List runs (the default), show one, stop, delete, "
+                     "restore or purge some. RUN is an index from the "
+                     "listing (1 is the newest), an id or an id prefix.")
     _add_list_args(p)
     p.set_defaults(func=_cmd_runs_list)
     runs_sub = p.add_subparsers(dest="runs_cmd", metavar="COMMAND")
@@ -3214,19 +3227,17 @@ def _add_runs_parser(sub):
         _cmd_runs_purge, "every deleted run")
 
 
-def _add_stop_parser(sub):
-    _add_runs_args(sub.add_parser(
-        "stop", help="stop running runs", description="Stop running runs: "
-        "a script's process group gets SIGTERM and its run ends "
-        "terminated; stopping a queue stops its run, then the queue."),
-        "stop", _cmd_stop, "every running run")
+def _build_stop_parser(p):
+    p.description = ("Stop running runs: a script's process group gets "
+                     "SIGTERM and its run ends terminated; stopping a queue "
+                     "stops its run, then the queue.")
+    _add_runs_args(p, "stop", _cmd_stop, "every running run")
 
 
-def _add_label_parser(sub):
-    p = _add_runs_args(sub.add_parser(
-        "label", help="set or change run labels", description="Change the "
-        "labels of runs. ${flag} in VAL is replaced by each run's flag "
-        "value."), "label", _cmd_label)
+def _build_label_parser(p):
+    p.description = ("Change the labels of runs. ${flag} in VAL is replaced "
+                     "by each run's flag value.")
+    _add_runs_args(p, "label", _cmd_label)
     g = p.add_argument_group("changes (give one)")
     g.add_argument("-s", "--set", metavar="VAL", help="set the label")
     g.add_argument("-a", "--append", metavar="VAL", help="add VAL at the "
@@ -3238,12 +3249,10 @@ def _add_label_parser(sub):
                    help="clear the label")
 
 
-def _add_compare_parser(sub):
-    p = sub.add_parser("compare", help="compare runs by flags and scalars",
-                       description="A table of runs: run, operation, "
-                       "started, time, status, label, each flag and the "
-                       "last value of each scalar (output lines such as "
-                       "'loss: 0.31').")
+def _build_compare_parser(p):
+    p.description = ("A table of runs: run, operation, started, time, "
+                     "status, label, each flag and the last value of each "
+                     "scalar (output lines such as 'loss: 0.31').")
     p.add_argument("runs", nargs="*", metavar="RUN",
                    help="runs to compare (default: all)")
     p.add_argument("--csv", metavar="PATH",
@@ -3259,9 +3268,8 @@ def _add_compare_parser(sub):
     p.set_defaults(func=_cmd_compare)
 
 
-def _add_ls_parser(sub):
-    p = sub.add_parser("ls", help="list a run's files",
-                       description="List the files of a run.")
+def _build_ls_parser(p):
+    p.description = "List the files of a run."
     p.add_argument("run", nargs="?", metavar="RUN",
                    help="the run (default: the newest)")
     p.add_argument("-a", "--all", action="store_true",
@@ -3269,10 +3277,8 @@ def _add_ls_parser(sub):
     p.set_defaults(func=_cmd_ls)
 
 
-def _add_cat_parser(sub):
-    p = sub.add_parser("cat", help="show a run's output or a file",
-                       description="Print a run's output or one of its "
-                       "files.")
+def _build_cat_parser(p):
+    p.description = "Print a run's output or one of its files."
     p.add_argument("run", nargs="?", metavar="RUN",
                    help="the run (default: the newest)")
     p.add_argument("--output", action="store_true", help="show the output")
@@ -3280,12 +3286,21 @@ def _add_cat_parser(sub):
     p.set_defaults(func=_cmd_cat)
 
 
-COMMANDS = [_add_run_parser, _add_runs_parser, _add_stop_parser,
-            _add_label_parser, _add_compare_parser, _add_ls_parser,
-            _add_cat_parser]
+# The commands: name, help, and the function that builds its parser.
+COMMANDS = [
+    ("run", "run an operation", _build_run_parser),
+    ("runs", "list, show, stop, delete or restore runs", _build_runs_parser),
+    ("stop", "stop running runs", _build_stop_parser),
+    ("label", "set or change run labels", _build_label_parser),
+    ("compare", "compare runs by flags and scalars", _build_compare_parser),
+    ("ls", "list a run's files", _build_ls_parser),
+    ("cat", "show a run's output or a file", _build_cat_parser),
+]
 
 
-def _parser():
+def _parser(argv=()):
+    """The argument parser; of the commands only the one argv names is
+    built in full (building them all costs more than a run's own work)."""
     p = _ArgumentParser(prog=PROG, description="Track experiments: run "
                         "scripts as runs, batches of trials and queues.")
     p.add_argument("--version", action="version",
@@ -3294,8 +3309,12 @@ def _parser():
                    help="the run store (default: GUILD_HOME or ~/.guild)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND",
                            parser_class=_ArgumentParser)
-    for add in COMMANDS:
-        add(sub)
+    words = [w for i, w in enumerate(argv) if not w.startswith("-") and
+             (i == 0 or argv[i - 1] not in ("-H", "--guild-home"))]
+    for name, help_text, build in COMMANDS:
+        cmd = sub.add_parser(name, help=help_text)
+        if words[:1] == [name]:
+            build(cmd)
     return p
 
 
@@ -3315,12 +3334,12 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     _init_logging()
     try:
-        args, extra = _parser().parse_known_args(argv)
+        args, extra = _parser(argv).parse_known_args(argv)
         _take_extra_flags(args, extra)
         if args.guild_home:
             os.environ["GUILD_HOME"] = os.path.abspath(args.guild_home)
         if not getattr(args, "func", None):
-            _parser().print_help()
+            _parser(argv).print_help()
             return 0
         _Output.quiet = bool(getattr(args, "quiet", False))
         _install_stop_handlers()

@@ -449,8 +449,16 @@ class FlagInferenceTest(GuildTestCase):
         guild._script_flagdefs(script)
         cache = path(self.home, "cache", "flags")
         self.assertEqual(len(os.listdir(cache)), 1)
+        [entry] = os.listdir(cache)
         guild._script_flagdefs(script)
         self.assertEqual(len(os.listdir(cache)), 1)
+        # A hit is checked against the source itself, not just the key.
+        stale = guild._read_json(path(cache, entry))
+        stale.update(source="other", flags={"bogus": {}})
+        guild._write_json(path(cache, entry), stale)
+        _mode, defs = guild._script_flagdefs(script)
+        self.assertNotIn("bogus", defs)
+        self.assertIn("lr", defs)
         with open(script, "a") as f:
             f.write("# changed\n")
         guild._script_flagdefs(script)
@@ -723,9 +731,9 @@ class RunTest(GuildTestCase):
         for args, message in cases:
             with self.subTest(args=args):
                 self.assertGuildError(self.guild(*args), message)
-        self.assertEqual(os.listdir(self.home) if os.path.exists(
-            path(self.home, "runs")) is False else
-            os.listdir(path(self.home, "runs")), [])
+        runs_dir = path(self.home, "runs")
+        self.assertEqual(os.listdir(runs_dir) if os.path.exists(runs_dir)
+                         else [], [])
 
     def test_confirmation(self):
         self.copy_sample("train.py")

@@ -27,10 +27,12 @@ import guild  # noqa: E402  (the file under test, from this checkout)
 TRIVIAL = "i = 0\n"
 
 
-def _run(cmd, cwd=None, home=None):
+def _run(cmd, cwd=None, home=None, bytecode=False):
     env = dict(os.environ)
     if home:
         env["GUILD_HOME"] = home
+    if bytecode:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
     start = time.perf_counter()
     subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL, check=True)
@@ -51,17 +53,23 @@ def _project(tmp, name, files):
 
 
 def w1(tmp, repeats):
-    """run say.py msg=hi -y against bare python say.py --msg hi."""
+    """run say.py msg=hi -y against bare python say.py --msg hi: as
+    `python guild.py` (compiled each time) and as `python -m guild` from
+    the directory holding a copy of guild.py (cached bytecode)."""
     with open(SAY_PY) as f:
         project = _project(tmp, "w1", {"say.py": f.read()})
+    shutil.copy(GUILD_PY, project)  # for -m guild; its .pyc lands here
     home = os.path.join(tmp, "w1-home")
     _run([PY, GUILD_PY, "run", "say.py", "-y"], project, home)  # flags cache
-    bare, tracked = [], []
-    for _ in range(repeats):  # interleaved, so noise hits both alike
+    _run([PY, "-m", "guild", "--version"], project, bytecode=True)
+    bare, tracked, module = [], [], []
+    for _ in range(repeats):  # interleaved, so noise hits all alike
         bare.append(_run([PY, "say.py", "--msg", "hi"], project))
         tracked.append(_run([PY, GUILD_PY, "run", "say.py", "msg=hi", "-y"],
                             project, home))
-    return _median(bare), _median(tracked)
+        module.append(_run([PY, "-m", "guild", "run", "say.py", "msg=hi",
+                            "-y"], project, home, bytecode=True))
+    return _median(bare), _median(tracked), _median(module)
 
 
 def _make_runs(runs_dir, n):
@@ -164,10 +172,13 @@ def main(argv):
                                      "met"))
     try:
         startup = _median([_run([PY, "-c", "pass"]) for _ in range(repeats)])
-        bare, tracked = w1(tmp, repeats * 2)
+        bare, tracked, module = w1(tmp, repeats * 2)
         row("W1 run vs bare python", "%.3fs vs %.3fs = %.2fx"
             % (tracked, bare, tracked / bare), "<= 1.5x",
             tracked / bare <= 1.5)
+        row("W1 same, python -m guild", "%.3fs vs %.3fs = %.2fx"
+            % (module, bare, module / bare), "<= 1.5x",
+            module / bare <= 1.5)
         for n, t_first, t_all in [(1000, 0.1, 0.3), (10000, 0.2, 2.0)]:
             cold, first, every = w2(tmp, n, repeats)
             row("W2 runs / runs -a, %d runs" % n, "%.3fs / %.3fs"
