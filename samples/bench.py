@@ -108,7 +108,15 @@ def w2(tmp, n, repeats):
                      for _ in range(repeats)])
     every = _median([_run([PY, GUILD_PY, "runs", "-a"], tmp, home)
                      for _ in range(repeats)])
-    return cold, first, every
+    module_dir = os.path.join(tmp, "w2-m-%d" % n)  # python -m guild here
+    os.makedirs(module_dir)
+    shutil.copy(GUILD_PY, module_dir)
+    _run([PY, "-m", "guild", "--version"], module_dir, bytecode=True)
+    m_first = _median([_run([PY, "-m", "guild", "runs"], module_dir, home,
+                            bytecode=True) for _ in range(repeats)])
+    m_every = _median([_run([PY, "-m", "guild", "runs", "-a"], module_dir,
+                            home, bytecode=True) for _ in range(repeats)])
+    return cold, first, every, m_first, m_every
 
 
 def _stage_trials(project, home, n):
@@ -180,10 +188,13 @@ def main(argv):
             % (module, bare, module / bare), "<= 1.5x",
             module / bare <= 1.5)
         for n, t_first, t_all in [(1000, 0.1, 0.3), (10000, 0.2, 2.0)]:
-            cold, first, every = w2(tmp, n, repeats)
+            cold, first, every, m_first, m_every = w2(tmp, n, repeats)
             row("W2 runs / runs -a, %d runs" % n, "%.3fs / %.3fs"
                 % (first, every), "<= %ss / <= %ss" % (t_first, t_all),
                 first <= t_first and every <= t_all)
+            row("   same, python -m guild", "%.3fs / %.3fs"
+                % (m_first, m_every), "<= %ss / <= %ss" % (t_first, t_all),
+                m_first <= t_first and m_every <= t_all)
             row("   (cold cache / python startup)", "%.3fs / %.3fs"
                 % (cold, startup), "", True)
         small = w3(tmp, 50)
