@@ -8,11 +8,14 @@ recording its flags, output, exit status and a snapshot of its source. A list
 as a flag value makes a batch of trial runs; runs can be staged and started
 later, one by one or from queues that share the work.
 
-Public names: `main` (the command line), `Run`, `OpRef`, `Lock`,
-`GuildError` and its subclasses, `mkid`, `init_trial_run`,
-`set_run_pending`, `decode_flag_val`, `encode_flag_val`, `format_flags`,
-`list_runs`, and the compatibility namespaces `guild.batch_util`,
-`guild.op_util`, `guild.lock` and `guild.run`. Everything else is internal.
+Public names (see __all__): the command line `main`; for notebooks and
+scripts `run_op`, `runs` and `compare`; the run model `Run`, `OpRef`,
+`run_status`, `list_runs`, `run_summaries`, `select_runs`, `RunFilter`;
+flags and batches `decode_flag_val`, `encode_flag_val`, `format_flags`,
+`batch_trials`, `init_trial_run`; scalars `parse_scalar_line`,
+`read_scalars`, `scalar_stats`; `Lock`; `GuildError` and its subclasses;
+and the compatibility namespaces `guild.batch_util`, `guild.op_util`,
+`guild.lock` and `guild.run`. Everything else is internal.
 
 Copyright (c) 2026 the guild.py authors. MIT licence (see the end of this
 file): copy this file freely, keep this notice.
@@ -40,17 +43,39 @@ file): copy this file freely, keep this notice.
 __version__ = "0.1.0"
 
 __all__ = [
+    "FlagError",
     "GuildError",
     "Lock",
+    "LockTimeout",
+    "OpError",
     "OpRef",
     "Run",
+    "RunError",
+    "RunFilter",
+    "UsageError",
+    "batch_trials",
+    "compare",
+    "compare_rows",
+    "create_run",
     "decode_flag_val",
     "encode_flag_val",
     "format_flags",
     "init_trial_run",
+    "is_distribution",
     "list_runs",
     "main",
     "mkid",
+    "parse_scalar_line",
+    "parse_time_range",
+    "read_scalars",
+    "render_label",
+    "run_attrs",
+    "run_op",
+    "run_status",
+    "run_summaries",
+    "runs",
+    "scalar_stats",
+    "select_runs",
     "set_run_pending",
 ]
 
@@ -2864,6 +2889,19 @@ def _confirm_runs(args, verb, summaries, selected):
         raise GuildError("aborted")
 
 
+def _runs_to_act_on(args, verb, deleted=False, keep=None):
+    """The runs a command acts on (RUN args or filters, narrowed by keep),
+    confirmed by the user; None, after saying so, if there are none."""
+    summaries, selected = _select_or_all(args, deleted)
+    if keep is not None:
+        selected = [run for run in selected if keep(run)]
+    if not selected:
+        print("Nothing to %s" % verb)
+        return None
+    _confirm_runs(args, verb, summaries, selected)
+    return selected
+
+
 def _cmd_runs_list(args):
     summaries, _runs = _listing(args, deleted=args.deleted)
     limit = None if args.all else (args.n or DEFAULT_LIST_LIMIT)
@@ -2946,11 +2984,9 @@ def _cmd_runs_delete(args):
 
 
 def _cmd_runs_restore(args):
-    summaries, selected = _select_or_all(args, deleted=True)
+    selected = _runs_to_act_on(args, "restore", deleted=True)
     if not selected:
-        print("Nothing to restore")
         return 0
-    _confirm_runs(args, "restore", summaries, selected)
     for run in selected:
         restored = _move_run(run, _runs_dir())
         if restored.status == "staged":
@@ -2961,11 +2997,9 @@ def _cmd_runs_restore(args):
 
 
 def _cmd_runs_purge(args):
-    summaries, selected = _select_or_all(args, deleted=True)
+    selected = _runs_to_act_on(args, "purge", deleted=True)
     if not selected:
-        print("Nothing to purge")
         return 0
-    _confirm_runs(args, "permanently delete", summaries, selected)
     for run in selected:
         shutil.rmtree(run.dir)
     print("Purged %d run(s)" % len(selected))
@@ -2973,12 +3007,10 @@ def _cmd_runs_purge(args):
 
 
 def _cmd_stop(args):
-    summaries, selected = _select_or_all(args)
-    running = [r for r in selected if r.status == "running"]
+    running = _runs_to_act_on(args, "stop",
+                              keep=lambda run: run.status == "running")
     if not running:
-        print("Nothing to stop")
         return 0
-    _confirm_runs(args, "stop", summaries, running)
     for run in running:
         if _stop_run(run):
             print("Stopping %s (%s)" % (run.short_id, run.op_desc))
@@ -2996,11 +3028,9 @@ def _cmd_label(args):
         raise UsageError("give one of --set, --append, --prepend, --remove "
                          "or --clear")
     (change, text), = changes
-    summaries, selected = _select_or_all(args)
+    selected = _runs_to_act_on(args, "label")
     if not selected:
-        print("Nothing to label")
         return 0
-    _confirm_runs(args, "label", summaries, selected)
     for run in selected:
         attrs = run._attrs()
         label = attrs.get("label") or ""

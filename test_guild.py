@@ -254,6 +254,20 @@ class GuildTestCase(unittest.TestCase):
     def runs(self):
         return guild.list_runs(path(self.home, "runs"))
 
+    def start_guild(self, *args, until=b"sleeping"):
+        """Start `guild ARGS` in the background; return it once a line
+        of its output contains until."""
+        p = subprocess.Popen(
+            [sys.executable, GUILD_PY] + list(args), cwd=self.project,
+            env=dict(os.environ, GUILD_HOME=self.home),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.addCleanup(p.stdout.close)
+        while until not in p.stdout.readline():
+            if p.poll() is not None:
+                self.fail("guild %s ended before printing %r"
+                          % (" ".join(args), until))
+        return p
+
     def assertGuildError(self, result, message):
         code, out = result
         self.assertNotEqual(code, 0, out)
@@ -597,6 +611,50 @@ class SelectTest(GuildTestCase):
         self.assertEqual(len(self.runs()), 3)
 
 
+class FilterTest(unittest.TestCase):
+    NOW = time.mktime((2026, 11, 21, 15, 30, 0, 0, 0, -1))
+
+    def at(self, *ymdhm):
+        return int(time.mktime(tuple(ymdhm) + (0, 0, 0, -1)) * 1e6)
+
+    def test_time_ranges(self):
+        r = lambda spec: guild.parse_time_range(spec, self.NOW)
+        day = self.at(2026, 11, 21, 0, 0)
+        self.assertEqual(r("today"), (day, None))
+        self.assertEqual(r("yesterday"), (self.at(2026, 11, 20, 0, 0), day))
+        self.assertEqual(r("last 2 hours"), (self.at(2026, 11, 21, 13, 30),
+                                             None))
+        self.assertEqual(r("Last 1 day"), (self.at(2026, 11, 20, 15, 30),
+                                           None))
+        self.assertEqual(r("after 2026-11-01"), (self.at(2026, 11, 1, 0, 0),
+                                                 None))
+        self.assertEqual(r("before 2026-11-01 12:00"),
+                         (None, self.at(2026, 11, 1, 12, 0)))
+        self.assertEqual(r("between 9:00 and 12:30"),
+                         (self.at(2026, 11, 21, 9, 0),
+                          self.at(2026, 11, 21, 12, 30)))
+        self.assertEqual(r("2026-11-02"), (self.at(2026, 11, 2, 0, 0),
+                                           self.at(2026, 11, 3, 0, 0)))
+        for bad in ["soon", "last hours", "after never", "between 1"]:
+            with self.assertRaises(guild.UsageError):
+                r(bad)
+
+    def test_filter_matches(self):
+        x = {"op": "train.py+", "label": "lr=0.1", "flags": {"lr": 0.1},
+             "status": "completed", "batch": None, "started": 5,
+             "created": 1}
+        F = guild.RunFilter
+        self.assertTrue(F(operation="train").matches(x))
+        self.assertFalse(F(operation="eval").matches(x))
+        self.assertTrue(F(label="0.1").matches(x))
+        self.assertTrue(F(unlabeled=True).matches(x))
+        self.assertFalse(F(unlabeled=True).matches(dict(x, label="best")))
+        self.assertTrue(F(statuses=["error", "completed"]).matches(x))
+        self.assertFalse(F(statuses=["staged"]).matches(x))
+        self.assertFalse(F(batch="b").matches(x))
+        self.assertTrue(F(batch="b").matches(dict(x, batch="b")))
+
+
 class ListTest(GuildTestCase):
     def test_list_shows_first_20_with_footer(self):
         for _ in range(23):
@@ -825,9 +883,12 @@ class RunTest(GuildTestCase):
             self.assertIn(line + "\n", out)
 
     def test_help_and_version(self):
-        for args in [["--help"], ["run", "--help"], ["runs", "--help"],
-                     ["runs", "list", "--help"], ["runs", "info", "--help"],
-                     ["runs", "delete", "--help"], ["cat", "--help"]]:
+        commands = [[name] for name, _help, _build in guild.COMMANDS] + [
+            ["runs", sub] for sub in ("list", "info", "stop", "delete",
+                                      "rm", "restore", "purge")]
+        self.assertEqual(len(commands), 14)
+        for args in [[]] + commands:
+            args = args + ["--help"]
             with self.subTest(args=args):
                 code, out = self.guild(*args)
                 self.assertEqual(code, 0)
@@ -836,46 +897,24 @@ class RunTest(GuildTestCase):
                          (0, "guild.py %s\n" % guild.__version__))
 
     @unittest.skipIf(IS_WINDOWS, "POSIX signals")
-    def test_sigterm_leaves_run_terminated(self):
+    def test_sigterm_or_ctrl_c_leaves_run_terminated(self):
         self.copy_sample("sleep.py")
-        p = subprocess.Popen(
-            [sys.executable, GUILD_PY, "run", "sleep.py", "-y"],
-            cwd=self.project, env=dict(os.environ, GUILD_HOME=self.home),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        self.assertEqual(p.stdout.readline(), b"sleeping\n")
-        self.assertEqual(self.runs()[0].status, "running")
-        p.send_signal(signal.SIGTERM)
-        self.assertEqual(p.wait(timeout=30), 128 + signal.SIGTERM)
-        p.stdout.close()
-        self.assertEqual(self.runs()[0].status, "terminated")
-
-    @unittest.skipIf(IS_WINDOWS, "POSIX signals")
-    def test_ctrl_c_leaves_run_terminated(self):
-        self.copy_sample("sleep.py")
-        p = subprocess.Popen(
-            [sys.executable, GUILD_PY, "run", "sleep.py", "-y"],
-            cwd=self.project, env=dict(os.environ, GUILD_HOME=self.home),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        self.assertEqual(p.stdout.readline(), b"sleeping\n")
-        p.send_signal(signal.SIGINT)
-        self.assertEqual(p.wait(timeout=30), 128 + signal.SIGINT)
-        p.stdout.close()
-        self.assertEqual(self.runs()[0].status, "terminated")
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with self.subTest(signal=signum):
+                p = self.start_guild("run", "sleep.py", "-y")
+                self.assertEqual(self.runs()[0].status, "running")
+                p.send_signal(signum)
+                self.assertEqual(p.wait(timeout=30), 128 + signum)
+                self.assertEqual(self.runs()[0].status, "terminated")
 
     @unittest.skipIf(IS_WINDOWS, "POSIX signals")
     def test_killed_supervisor_and_script_is_error_not_running(self):
         self.copy_sample("sleep.py")
-        p = subprocess.Popen(
-            [sys.executable, GUILD_PY, "run", "sleep.py", "-y"],
-            cwd=self.project, env=dict(os.environ, GUILD_HOME=self.home),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        self.assertEqual(p.stdout.readline(), b"sleeping\n")
+        p = self.start_guild("run", "sleep.py", "-y")
         run = self.runs()[0]
-        child = run.get("child") or guild._read_json(
-            run.guild_path("proc.json"))["child"]
+        child = guild._read_json(run.guild_path("proc.json"))["child"]
         p.kill()
         p.wait()
-        p.stdout.close()
         self.assertEqual(run.status, "running")  # the script still runs
         os.kill(child["pid"], signal.SIGKILL)
         for _ in range(100):
@@ -1021,17 +1060,10 @@ class BatchStopTest(GuildTestCase):
     @unittest.skipIf(IS_WINDOWS, "POSIX signals")
     def test_ctrl_c_stops_trial_and_batch(self):
         self.copy_sample("sleep.py")
-        p = subprocess.Popen(
-            [sys.executable, GUILD_PY, "run", "sleep.py", "seconds=[30,31]",
-             "-y"], cwd=self.project,
-            env=dict(os.environ, GUILD_HOME=self.home),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        while b"sleeping" not in p.stdout.readline():
-            pass
+        p = self.start_guild("run", "sleep.py", "seconds=[30,31]", "-y")
         p.send_signal(signal.SIGINT)
         self.assertEqual(p.wait(timeout=30), 128 + signal.SIGINT)
         out = p.stdout.read().decode()
-        p.stdout.close()
         self.assertIn("Stopping batch", out)
         self.assertIn("Batch finished: 0 completed, 0 failed, 1 staged, "
                       "1 terminated", out)
@@ -1093,16 +1125,10 @@ class QueueTest(GuildTestCase):
         self.copy_sample("say.py", project="batch")
         self.copy_sample("sleep.py")
         self.stage("msg=queued")
-        p = subprocess.Popen(
-            [sys.executable, GUILD_PY, "run", "sleep.py", "seconds=2",
-             "-y"], cwd=self.project,
-            env=dict(os.environ, GUILD_HOME=self.home),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        self.assertEqual(p.stdout.readline(), b"sleeping\n")
+        p = self.start_guild("run", "sleep.py", "seconds=2", "-y")
         code, out = self.guild("run", "queue", "run-once=yes",
                                "poll-interval=1", "-y")
         p.wait()
-        p.stdout.close()
         self.assertIn("Waiting for running runs", out)
         self.assertIn("queued\n", out)
         sleep_run = [r for r in self.runs() if r.op_desc == "sleep.py"][0]
@@ -1122,16 +1148,9 @@ class QueueTest(GuildTestCase):
     def test_sigterm_stops_queue_and_its_run(self):
         self.copy_sample("sleep.py")
         self.guild("run", "sleep.py", "--stage", "-y")
-        p = subprocess.Popen(
-            [sys.executable, GUILD_PY, "run", "queue", "poll-interval=1",
-             "-y"], cwd=self.project,
-            env=dict(os.environ, GUILD_HOME=self.home),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        while b"sleeping" not in p.stdout.readline():
-            pass
+        p = self.start_guild("run", "queue", "poll-interval=1", "-y")
         p.send_signal(signal.SIGTERM)
         p.wait(timeout=30)
-        p.stdout.close()
         self.assertEqual(sorted((r.op_desc, r.status) for r in self.runs()),
                          [("queue", "terminated"),
                           ("sleep.py", "terminated")])
@@ -1330,13 +1349,7 @@ class QueueScaleTest(GuildTestCase):
 @unittest.skipIf(IS_WINDOWS, "POSIX signals")
 class StopTest(GuildTestCase):
     def start_sleep(self, *args):
-        p = subprocess.Popen(
-            [sys.executable, GUILD_PY, "run", "-y"] + list(args),
-            cwd=self.project, env=dict(os.environ, GUILD_HOME=self.home),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        while b"sleeping" not in p.stdout.readline():
-            pass
-        return p
+        return self.start_guild("run", "-y", *args)
 
     def test_stop_run(self):
         self.copy_sample("sleep.py")
@@ -1344,7 +1357,6 @@ class StopTest(GuildTestCase):
         code, out = self.guild("stop", "1", "-y")
         self.assertIn("Stopping", out)
         self.assertEqual(p.wait(timeout=30), 128 + signal.SIGTERM)
-        p.stdout.close()
         self.assertEqual(self.runs()[0].status, "terminated")
 
     def test_runs_stop_asks_first(self):
@@ -1355,7 +1367,6 @@ class StopTest(GuildTestCase):
         self.assertEqual(self.runs()[0].status, "running")
         code, out = self.guild("runs", "stop", input="y\n")
         p.wait(timeout=30)
-        p.stdout.close()
         self.assertEqual(self.runs()[0].status, "terminated")
         self.assertEqual(self.guild("stop", "-y"), (0, "Nothing to stop\n"))
 
@@ -1367,7 +1378,6 @@ class StopTest(GuildTestCase):
         queue = [r for r in self.runs() if r.op_desc == "queue"][0]
         code, out = self.guild("stop", queue.id, "-y")
         p.wait(timeout=30)
-        p.stdout.close()
         self.assertEqual(sorted(r.status for r in self.runs()),
                          ["staged", "terminated", "terminated"])
 
@@ -1376,7 +1386,6 @@ class StopTest(GuildTestCase):
         p = self.start_sleep("sleep.py")
         p.kill()
         p.wait()
-        p.stdout.close()
         run = self.runs()[0]
         self.assertEqual(run.status, "running")
         self.guild("stop", "-y")
@@ -1389,7 +1398,6 @@ class StopTest(GuildTestCase):
         child = guild._read_json(run.guild_path("proc.json"))["child"]
         os.kill(child["pid"], signal.SIGKILL)
         p.wait(timeout=30)
-        p.stdout.close()
         self.assertEqual(run.status, "error")
         self.assertEqual(run.get("exit_status"), -signal.SIGKILL)
 
@@ -1439,15 +1447,9 @@ class ScalarTest(GuildTestCase):
         write(path(self.project, "slow.py"),
               "import time\nprint('loss: 0.5')\nprint('step: 1')\n"
               "print('loss: 0.25', flush=True)\ntime.sleep(60)\n")
-        p = subprocess.Popen(
-            [sys.executable, GUILD_PY, "run", "slow.py", "-y"],
-            cwd=self.project, env=dict(os.environ, GUILD_HOME=self.home),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        while b"0.25" not in p.stdout.readline():
-            pass
+        p = self.start_guild("run", "slow.py", "-y", until=b"0.25")
         p.send_signal(signal.SIGINT)
         p.wait(timeout=30)
-        p.stdout.close()
         run = self.runs()[0]
         self.assertEqual(run.status, "terminated")
         self.assertEqual([r[:3] for r in run.scalar_history()],
@@ -1467,7 +1469,6 @@ class ProgressTest(GuildTestCase):
         os.close(slave)
         out = p.stdout.read()
         p.wait(timeout=60)
-        p.stdout.close()
         err = b""
         while True:
             try:
@@ -1505,16 +1506,11 @@ class TrashTest(GuildTestCase):
     @unittest.skipIf(IS_WINDOWS, "POSIX signals")
     def test_running_run_cannot_be_deleted(self):
         self.copy_sample("sleep.py")
-        p = subprocess.Popen(
-            [sys.executable, GUILD_PY, "run", "sleep.py", "-y"],
-            cwd=self.project, env=dict(os.environ, GUILD_HOME=self.home),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        self.assertEqual(p.stdout.readline(), b"sleeping\n")
+        p = self.start_guild("run", "sleep.py", "-y")
         self.assertGuildError(self.guild("runs", "delete", "-y"),
                               "cannot delete running run")
         self.guild("stop", "-y")
         p.wait(timeout=30)
-        p.stdout.close()
         self.assertEqual(self.guild("runs", "delete", "-y"),
                          (0, "Deleted 1 run(s)\n"))
         self.assertEqual(len(os.listdir(path(self.home, "trash", "runs"))),
