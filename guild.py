@@ -217,7 +217,7 @@ def _tee(data, show=True):
         _write_stdout(data)
 
 
-def echo(text=""):
+def _echo(text=""):
     """Print a line for the user, recording it in open run outputs."""
     _tee((text + "\n").encode("utf-8"), show=False)
     print(text, flush=True)
@@ -291,8 +291,9 @@ class LockTimeout(GuildError):
     """A lock that could not be acquired in time."""
 
 
-class _StopRequested(BaseException):
-    """Raised in the main thread on SIGTERM or Ctrl-C while runs go."""
+class _StopRequested(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM or Ctrl-C while runs go (a
+    KeyboardInterrupt, so API callers see the usual Ctrl-C)."""
 
     def __init__(self, signum):
         super().__init__(signum)
@@ -2180,11 +2181,11 @@ def _finish_stopped(run, deadline):
 def _print_staged(run, run_dir_given):
     desc = run.op_desc
     if run_dir_given:
-        echo("%s staged in '%s'" % (desc, run.dir))
-        echo("To start the operation, use 'guild run --start %s'" % run.dir)
+        _echo("%s staged in '%s'" % (desc, run.dir))
+        _echo("To start the operation, use 'guild run --start %s'" % run.dir)
     else:
-        echo("%s staged as %s" % (desc, run.id))
-        echo("To start the operation, use 'guild run --start %s'" % run.id)
+        _echo("%s staged as %s" % (desc, run.id))
+        _echo("To start the operation, use 'guild run --start %s'" % run.id)
 
 
 # ---------------------------------------------------------------------------
