@@ -103,6 +103,10 @@ import types
 import zlib
 
 IS_WINDOWS = os.name == "nt"
+# Owners of claims and runs name their machine: a shared store is read by
+# queues on several hosts, and a pid means something only on its own.
+HOST = (os.environ.get("COMPUTERNAME", "") if IS_WINDOWS
+        else os.uname().nodename)
 
 if IS_WINDOWS:  # pragma: no cover - exercised on Windows only
     import ctypes
@@ -441,20 +445,27 @@ _own_owner = {}
 
 
 def _process_owner(pid=None):
-    """Identify a process as pid plus start time (pids get reused)."""
+    """Identify a process as host, pid and start time (pids get reused)."""
     if pid is None:
         pid = os.getpid()
         if pid not in _own_owner:
             _own_owner.clear()
-            _own_owner[pid] = {"pid": pid, "start": _proc_token(pid)}
+            _own_owner[pid] = {"pid": pid, "start": _proc_token(pid),
+                               "host": HOST}
         return dict(_own_owner[pid])
-    return {"pid": pid, "start": _proc_token(pid)}
+    return {"pid": pid, "start": _proc_token(pid), "host": HOST}
 
 
 def _owner_alive(owner):
-    """True if the process that owner names is still the same and alive."""
+    """True if the process that owner names is still the same and alive.
+
+    A process on another host cannot be checked from here: it counts as
+    alive, so no queue restages another machine's claim.
+    """
     if not isinstance(owner, dict) or not isinstance(owner.get("pid"), int):
         return False
+    if owner.get("host", HOST) != HOST:
+        return True
     token = _proc_token(owner["pid"])
     if token is None:
         return False
@@ -2151,6 +2162,9 @@ def _stop_run(run):
     proc = _read_json(run.guild_path(PROC_ATTRS))
     if not isinstance(proc, dict) or run.status != "running":
         return False
+    if proc.get("host", HOST) != HOST:
+        raise RunError("run %s runs on host %s: stop it there"
+                       % (run.id, proc["host"]))
     child = proc.get("child")
     if run.opref.kind == "script" and _owner_alive(child):
         _signal_process_group(child["pid"], signal.SIGTERM)

@@ -312,6 +312,11 @@ class UtilTest(GuildTestCase):
         owner["start"] = "not-the-start-time"
         self.assertFalse(guild._owner_alive(owner))
 
+    def test_process_on_another_host_counts_as_alive(self):
+        owner = {"pid": 1, "start": "x", "host": guild.HOST + "-other"}
+        self.assertTrue(guild._owner_alive(owner))
+        self.assertFalse(guild._owner_alive(dict(owner, host=guild.HOST)))
+
     def test_dead_process_is_not_alive(self):
         p = subprocess.Popen([sys.executable, "-c", "pass"])
         owner = guild._process_owner(p.pid)
@@ -1297,6 +1302,19 @@ class QueueScaleTest(GuildTestCase):
         self.assertEqual(trial.status, "completed")
         self.assertEqual(list(self.marks_by_trial()), [0])
 
+    def test_claim_from_another_host_is_never_restaged(self):
+        self.stage_marks(1)
+        [trial] = self.trials()
+        with guild.Lock(guild.RUN_STATUS, timeout=5):
+            guild._claim_staged(trial)
+        remote = {"pid": 1, "start": "x", "host": guild.HOST + "-b"}
+        guild._write_json(trial.guild_path("PENDING"), remote)
+        self.assertEqual(trial.status, "pending")
+        q = self.start_queue("run-once=yes")
+        self.assertEqual(q.wait(timeout=60), 0)
+        self.assertEqual(trial.status, "pending")
+        self.assertEqual(self.marks_by_trial(), {})
+
     def test_lost_or_corrupt_cache_is_rebuilt(self):
         self.stage_marks(6)
         cache = path(self.home, "cache")
@@ -1390,6 +1408,18 @@ class StopTest(GuildTestCase):
         self.assertEqual(run.status, "running")
         self.guild("stop", "-y")
         self.assertEqual(run.status, "terminated")
+
+    def test_run_on_another_host_is_not_signalled(self):
+        self.copy_sample("train.py")
+        self.guild("run", "train.py", "-y")
+        run = self.runs()[0]
+        os.remove(run.guild_path("exit.json"))
+        guild._write_json(run.guild_path("proc.json"), {
+            "pid": os.getpid(), "start": "x", "host": guild.HOST + "-b",
+            "started": 1})
+        self.assertEqual(run.status, "running")
+        self.assertGuildError(self.guild("stop", "-y"),
+                              "runs on host %s-b: stop it there" % guild.HOST)
 
     def test_script_killed_is_error(self):
         self.copy_sample("sleep.py")
