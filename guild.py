@@ -153,6 +153,8 @@ FLAGS_PROBE_TIMEOUT = 60
 DEFAULT_MAX_TRIALS = 20
 OPTIMIZERS = ("+", "random")
 STOP_GRACE_SECONDS = 10
+OUTPUT_CHUNK = 1 << 20  # bytes of a run's output relayed at a time
+MAX_SCALAR_LINE = 4096  # longer output lines are not scalars
 INDEX_VERIFY_SECONDS = 60
 
 # Files in a run's `.guild` directory. Each says one thing about the run.
@@ -1209,11 +1211,17 @@ class _ScalarRecorder:
         self._file = open(path, "a", encoding="utf-8")
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._partial = ""
+        self._overlong = False
         self.step = 0
 
     def feed(self, data):
         lines = (self._partial + self._decoder.decode(data)).split("\n")
         self._partial = lines.pop()
+        if self._overlong:  # the rest of a line too long to be a scalar
+            self._overlong = bool(not lines)
+            lines = lines[1:]
+        if len(self._partial) > MAX_SCALAR_LINE:
+            self._partial, self._overlong = "", True
         for line in lines:
             self._line(line)
 
@@ -2050,9 +2058,9 @@ def _script_command(attrs):
         elif kind == "store_false":
             if not val:
                 cmd.append(arg)
-        elif val is not None:
-            cmd += [arg, val if isinstance(val, str)
-                    else encode_flag_val(val)]
+        elif val is not None:  # --msg=-x: a value may start with '-'
+            cmd.append("%s=%s" % (arg, val if isinstance(val, str)
+                                  else encode_flag_val(val)))
     return cmd
 
 
@@ -2108,15 +2116,15 @@ def _supervise(proc, output_path, offset, on_output):
         f.seek(offset)
         while True:
             done = exited.wait(delay)
-            chunk = f.read()
+            chunk = f.read(OUTPUT_CHUNK)
             if chunk:
                 on_output(chunk)
                 _tee(chunk)
-                delay = 0.005
+                delay = 0 if len(chunk) == OUTPUT_CHUNK else 0.005
             else:
                 delay = min(delay * 2, 0.1)
-            if done:
-                break
+                if done:
+                    break
     waiter.join()
     if stops:
         raise _StopRequested(stops[0])

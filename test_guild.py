@@ -739,6 +739,7 @@ class RunTest(GuildTestCase):
         self.assertIn("('name', '7')", out)
         self.assertIn("('opt', 'adam')", out)
         self.assertIn("('shuffle', False)", out)
+
         self.assertGuildError(self.guild("run", "typed.py", "opt=x", "-y"),
                               "invalid value x for opt: choose from sgd, "
                               "adam")
@@ -746,6 +747,8 @@ class RunTest(GuildTestCase):
             self.guild("run", "typed.py", "epochs=1.5", "-y"),
             "invalid value 1.5 for epochs: expected an integer")
         self.assertEqual(len(self.runs()), 1)
+        code, out = self.guild("run", "typed.py", "name=-x", "-y")
+        self.assertIn("('name', '-x')", out)
 
     def test_run_env_and_cwd(self):
         self.copy_sample("env.py")
@@ -1464,6 +1467,17 @@ class ScalarTest(GuildTestCase):
         # The split UTF-8 line decodes; its key is not a scalar name.
         self.assertEqual(records, [["loss", 1.0, 0], ["loss", 0.5, 2],
                                    ["acc", 0.9, 2]])
+
+    def test_overlong_lines_are_skipped(self):
+        target = path(self.project, "scalars")
+        rec = guild._ScalarRecorder(target)
+        rec.feed(b"x" * 5000)
+        rec.feed(b"y" * 5000 + b" loss: 9\nloss: 1\n")
+        rec.feed(b"z" * 5000 + b"\nacc: 2")
+        rec.close()
+        with open(target) as f:
+            self.assertEqual([json.loads(line)[:2] for line in f],
+                             [["loss", 1.0], ["acc", 2.0]])
 
     def test_stats(self):
         stats = guild.scalar_stats([("a", 2.0, 0, 0), ("a", 1.0, 1, 0),
