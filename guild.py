@@ -351,9 +351,27 @@ def _write_json(path, data):
     """Write JSON atomically: readers see the old file or the new one."""
     tmp = "%s.%s.tmp" % (path, os.urandom(4).hex())
     text = json.dumps(data)  # the C encoder; json.dump is pure Python
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        _replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _replace(src, dest):
+    """os.replace. On Windows, a replace onto a file that a reader holds
+    open fails for a moment (WinError 5, 32, 33): retry, boundedly."""
+    for attempt in range(10):
+        try:
+            os.replace(src, dest)
+            return
+        except PermissionError as e:
+            if not IS_WINDOWS or attempt == 9 or getattr(
+                    e, "winerror", None) not in (5, 32, 33):
+                raise
+            time.sleep(min(0.005 * 2 ** attempt, 0.25))
 
 
 def _remove(path):
@@ -447,7 +465,8 @@ _own_owner = {}
 
 
 def _process_owner(pid=None):
-    """Identify a process as host, pid and start time (pids get reused)."""
+    """Identify a process as host, pid and start time (pids get reused);
+    None if process pid is not running."""
     if pid is None:
         pid = os.getpid()
         if pid not in _own_owner:
@@ -455,7 +474,9 @@ def _process_owner(pid=None):
             _own_owner[pid] = {"pid": pid, "start": _proc_token(pid),
                                "host": HOST}
         return dict(_own_owner[pid])
-    return {"pid": pid, "start": _proc_token(pid), "host": HOST}
+    start = _proc_token(pid)
+    return None if start is None else {"pid": pid, "start": start,
+                                       "host": HOST}
 
 
 def _owner_alive(owner):
@@ -471,7 +492,8 @@ def _owner_alive(owner):
     token = _proc_token(owner["pid"])
     if token is None:
         return False
-    return owner.get("start") in (token, "", None) or token == ""
+    # "" is a start time this platform could not read: pid alone decides.
+    return owner.get("start") == token or "" in (owner.get("start"), token)
 
 
 # ---------------------------------------------------------------------------

@@ -318,10 +318,14 @@ class UtilTest(GuildTestCase):
         self.assertFalse(guild._owner_alive(dict(owner, host=guild.HOST)))
 
     def test_dead_process_is_not_alive(self):
-        p = subprocess.Popen([sys.executable, "-c", "pass"])
+        p = subprocess.Popen([sys.executable, "-c",
+                              "import time; time.sleep(30)"])
         owner = guild._process_owner(p.pid)
+        self.assertTrue(guild._owner_alive(owner))
+        p.kill()
         p.wait()
         self.assertFalse(guild._owner_alive(owner))
+        self.assertIsNone(guild._process_owner(p.pid))
         self.assertFalse(guild._owner_alive(None))
         self.assertFalse(guild._owner_alive({"pid": "x"}))
 
@@ -1290,8 +1294,8 @@ class QueueScaleTest(GuildTestCase):
         self.stage_marks(1)
         [trial] = self.trials()
         dead = subprocess.Popen([sys.executable, "-c", "pass"])
-        owner = guild._process_owner(dead.pid)
         dead.wait()
+        owner = {"pid": dead.pid, "start": "gone", "host": guild.HOST}
         with guild.Lock(guild.RUN_STATUS, timeout=5):
             self.assertEqual(guild._claim_staged(trial), "staged")
         # Make the claim look like the dead process's.
