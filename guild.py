@@ -2983,6 +2983,7 @@ def _cmd_runs_info(args):
         "exit_status: %s" % ("" if exit_attrs.get("exit_status") is None
                              else exit_attrs["exit_status"]),
         "pid: %s" % (proc.get("pid") or ""),
+        "host: %s" % (proc.get("host") or ""),
     ]
     if attrs.get("batch"):
         lines.append("batch: %s" % attrs["batch"])

@@ -891,6 +891,7 @@ class RunTest(GuildTestCase):
         run = self.runs()[0]
         for line in ["id: %s" % run.id, "operation: train.py",
                      "status: completed", "exit_status: 0", "flags:",
+                     "host: %s" % guild.HOST,
                      "  lr: 0.5", "run_dir: %s" % run.dir]:
             self.assertIn(line + "\n", out)
 
@@ -1515,8 +1516,7 @@ class ProgressTest(GuildTestCase):
             env=dict(os.environ, GUILD_HOME=self.home, **(env or {})),
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)
         os.close(slave)
-        out = p.stdout.read()
-        p.wait(timeout=60)
+        out, _ = p.communicate(timeout=60)
         err = b""
         while True:
             try:
