@@ -86,6 +86,7 @@ __all__ = [
 import argparse
 import codecs
 import csv
+import errno
 import itertools
 import json
 import logging
@@ -129,14 +130,19 @@ else:
     import fcntl
 
     def _try_lock_fd(fd):
-        """Try once to lock fd with a POSIX record lock; True if locked.
+        """Try once to lock fd with a POSIX record lock; True if locked,
+        False if another process holds it.
 
         Record locks (lockf), unlike flock, work on network filesystems.
         """
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return False
+        except OSError as e:
+            if e.errno in (errno.EAGAIN, errno.EACCES):
+                return False
+            raise GuildError("cannot lock files in GUILD_HOME (%s): the "
+                             "run store needs POSIX record locks"
+                             % e.strerror)
         return True
 
     def _unlock_fd(fd):
@@ -542,13 +548,11 @@ class Lock:
         try:
             if state.depth == 0:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-                delay = 0.001
-                while not _try_lock_fd(fd):
-                    if deadline is not None and time.monotonic() > deadline:
-                        os.close(fd)
-                        raise self._timeout_error()
-                    time.sleep(delay)
-                    delay = min(delay * 2, 0.004)  # held for milliseconds
+                try:
+                    self._wait_for(fd, deadline)
+                except BaseException:
+                    os.close(fd)
+                    raise
                 state.fd = fd
             state.depth += 1
         except BaseException:
@@ -556,6 +560,14 @@ class Lock:
             raise
         self._state = state
         return self
+
+    def _wait_for(self, fd, deadline):
+        delay = 0.001
+        while not _try_lock_fd(fd):
+            if deadline is not None and time.monotonic() > deadline:
+                raise self._timeout_error()
+            time.sleep(delay)
+            delay = min(delay * 2, 0.004)  # locks are held for milliseconds
 
     def release(self):
         """Release the lock."""
