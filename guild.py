@@ -2705,11 +2705,15 @@ def create_run(opspec, flags=None, cwd=None, stage=False, run_dir=None,
                **opts):
     """Create a run (or a batch run) of opspec and return it.
 
-    opts are run_attrs's. The run is staged if stage, else pending for
-    this process to start (with `start_run`).
+    opts are run_attrs's. The run is staged if stage, else pending: this
+    process is about to start it (`run_op` creates and starts a run).
     """
-    cwd = os.path.abspath(cwd or os.getcwd())
-    attrs = run_attrs(opspec, flags, cwd, **opts)
+    return _create_run(run_attrs(opspec, flags, cwd, **opts), stage,
+                       run_dir)
+
+
+def _create_run(attrs, stage, run_dir=None):
+    """Create the run that attrs (from run_attrs) describe."""
     if run_dir is None:
         runs_dir = _runs_dir()
         _ensure_dir(runs_dir)
@@ -2789,14 +2793,8 @@ def _cmd_run(args):
         return 0
     if not _confirm(_run_prompt(args, attrs), yes=args.yes):
         raise GuildError("aborted")
-    run = create_run(
-        args.opspec, raw_flags, stage=args.stage,
-        run_dir=os.path.abspath(args.run_dir) if args.run_dir else None,
-        label=args.label, optimizer=args.optimizer,
-        max_trials=args.max_trials, random_seed=attrs.get("random_seed"),
-        batch_files=batch_files, stage_trials=args.stage_trials,
-        fail_on_trial_error=args.fail_on_trial_error, gpus=args.gpus,
-        force_flags=args.force_flags)
+    run = _create_run(attrs, args.stage, os.path.abspath(args.run_dir)
+                      if args.run_dir else None)
     if args.stage:
         _print_staged(run, bool(args.run_dir))
         return 0
