@@ -2957,6 +2957,18 @@ def _runs_to_act_on(args, verb, deleted=False, keep=None):
     return selected
 
 
+def _act_on_runs(args, verb, done, action, deleted=False):
+    """Apply action to each selected run (after asking), then say how
+    many: `Restored 2 run(s)`."""
+    selected = _runs_to_act_on(args, verb, deleted)
+    if not selected:
+        return 0
+    for run in selected:
+        action(run)
+    print("%s %d run(s)" % (done, len(selected)))
+    return 0
+
+
 def _cmd_runs_list(args):
     summaries, _runs = _listing(args, deleted=args.deleted)
     limit = None if args.all else (args.n or DEFAULT_LIST_LIMIT)
@@ -3040,26 +3052,20 @@ def _cmd_runs_delete(args):
 
 
 def _cmd_runs_restore(args):
-    selected = _runs_to_act_on(args, "restore", deleted=True)
-    if not selected:
-        return 0
-    for run in selected:
-        restored = _move_run(run, _runs_dir())
-        if restored.status == "staged":
-            _index_put("staged", _index_name(restored.id,
-                                             restored.get("created")), {})
-    print("Restored %d run(s)" % len(selected))
-    return 0
+    return _act_on_runs(args, "restore", "Restored", _restore_run,
+                        deleted=True)
+
+
+def _restore_run(run):
+    restored = _move_run(run, _runs_dir())
+    if restored.status == "staged":
+        _index_put("staged", _index_name(restored.id,
+                                         restored.get("created")), {})
 
 
 def _cmd_runs_purge(args):
-    selected = _runs_to_act_on(args, "purge", deleted=True)
-    if not selected:
-        return 0
-    for run in selected:
-        shutil.rmtree(run.dir)
-    print("Purged %d run(s)" % len(selected))
-    return 0
+    return _act_on_runs(args, "purge", "Purged",
+                        lambda run: shutil.rmtree(run.dir), deleted=True)
 
 
 def _cmd_stop(args):
@@ -3084,10 +3090,8 @@ def _cmd_label(args):
         raise UsageError("give one of --set, --append, --prepend, --remove "
                          "or --clear")
     (change, text), = changes
-    selected = _runs_to_act_on(args, "label")
-    if not selected:
-        return 0
-    for run in selected:
+
+    def relabel(run):
         attrs = run._attrs()
         label = attrs.get("label") or ""
         value = render_label(text, attrs.get("flags") or {}) if text else ""
@@ -3103,8 +3107,7 @@ def _cmd_label(args):
             label = ""
         attrs["label"] = label
         _write_json(run.guild_path(RUN_ATTRS), attrs)
-    print("Labeled %d run(s)" % len(selected))
-    return 0
+    return _act_on_runs(args, "label", "Labeled", relabel)
 
 
 def _cmd_compare(args):
