@@ -676,12 +676,10 @@ def is_distribution(val):
     return isinstance(val, dict) and val.get("$dist") in DISTRIBUTIONS
 
 
-def _decode_search_space(s):
-    """Decode `[...]` forms: a list, a range, a distribution, a sequence.
-
-    Returns None if s is not one of them; raises FlagError if it is one
-    with bad arguments.
-    """
+def _search_form(s):
+    """(function, body) of a `[...]` value: function "" for a list,
+    "uniform" for a bare `[LOW:HIGH]`; None for plain text such as
+    `a[b]`."""
     m = _SEARCH_RE.match(s)
     if not m:
         return None
@@ -689,10 +687,23 @@ def _decode_search_space(s):
     if fn == "" and ":" in body and "," not in body and \
             not re.search(r"['\"]", body):
         fn = "uniform"
+    if fn and fn not in DISTRIBUTIONS + SEQUENCES:
+        return None
+    return fn, body
+
+
+def _decode_search_space(s):
+    """Decode `[...]` forms: a list, a range, a distribution, a sequence.
+
+    Returns None if s is not one of them; raises FlagError if it is one
+    with bad arguments.
+    """
+    form = _search_form(s)
+    if form is None:
+        return None
+    fn, body = form
     if fn == "":
         return [decode_flag_val(part) for part in _split_list(body)]
-    if fn not in DISTRIBUTIONS + SEQUENCES:
-        return None  # plain text such as `a[b]`
     args = _search_args(fn, s, body)
     if fn in DISTRIBUTIONS:
         if len(args) != 2:
@@ -825,10 +836,11 @@ def _coerce_flag_val(name, raw, flagdef):
     values and a distribution's bounds by the flag's type.
     """
     stripped = raw.strip()
-    space = _decode_search_space(stripped)
-    if isinstance(space, list) and _SEARCH_RE.match(stripped).group(1) == "":
+    form = _search_form(stripped)
+    if form is not None and form[0] == "":  # a list: type each element
         return [_coerce_one(name, part, flagdef)
-                for part in _split_list(stripped[1:-1])]
+                for part in _split_list(form[1])]
+    space = _decode_search_space(stripped)
     if isinstance(space, list):
         return [_coerce_number(name, raw, x, flagdef) for x in space]
     if space is not None:
