@@ -1626,8 +1626,12 @@ def run_summaries(runs_dir=None):
 def list_runs(runs_dir=None):
     """All runs in the store, newest first (by start, else creation)."""
     runs_dir = os.path.abspath(runs_dir or _runs_dir())
-    return [Run(x["id"], runs_dir + os.sep + x["id"])
-            for x in run_summaries(runs_dir)]
+    return _runs_of(run_summaries(runs_dir), runs_dir)
+
+
+def _runs_of(summaries, runs_dir):
+    """The Run of each summary, in order."""
+    return [Run(x["id"], runs_dir + os.sep + x["id"]) for x in summaries]
 
 
 class RunFilter:
@@ -2637,8 +2641,8 @@ def _find_runs(operation=None, label=None, unlabeled=False, status=None,
     where = RunFilter(operation, label, unlabeled, statuses, started,
                       batch_id)
     runs_dir = _trash_runs_dir() if deleted else _runs_dir()
-    return [Run(x["id"], os.path.join(runs_dir, x["id"]))
-            for x in run_summaries(runs_dir) if where.matches(x)]
+    return _runs_of([x for x in run_summaries(runs_dir) if where.matches(x)],
+                    runs_dir)
 
 
 def compare(runs=None, **filters):
@@ -2901,8 +2905,7 @@ def _listing(args=None, deleted=False):
     if args is not None:
         where = _filter_from_args(args, summaries)
         summaries = [x for x in summaries if where.matches(x)]
-    return summaries, [Run(x["id"], runs_dir + os.sep + x["id"])
-                       for x in summaries]
+    return summaries, _runs_of(summaries, runs_dir)
 
 
 def _filter_from_args(args, summaries):
@@ -2910,9 +2913,8 @@ def _filter_from_args(args, summaries):
         args, "status_" + name, False)]
     batch = None
     if getattr(args, "batch", None):
-        runs_dir = _runs_dir()
-        batch = _select_one(args.batch, [
-            Run(x["id"], runs_dir + os.sep + x["id"]) for x in summaries]).id
+        batch = _select_one(args.batch,
+                            _runs_of(summaries, _runs_dir())).id
     return RunFilter(args.filter_op, args.filter_label, args.unlabeled,
                      statuses, args.filter_started, batch)
 
