@@ -2630,19 +2630,18 @@ def runs(operation=None, label=None, unlabeled=False, status=None,
     status is a status name or a list of them; batch a batch run (or
     id) whose trials to return; deleted lists the trash instead.
     """
-    return _find_runs(operation, label, unlabeled, status, started, batch,
-                      deleted)
-
-
-def _find_runs(operation=None, label=None, unlabeled=False, status=None,
-               started=None, batch=None, deleted=False):
-    statuses = [status] if isinstance(status, str) else (status or ())
-    batch_id = getattr(batch, "id", batch)
-    where = RunFilter(operation, label, unlabeled, statuses, started,
-                      batch_id)
     runs_dir = _trash_runs_dir() if deleted else _runs_dir()
-    return _runs_of([x for x in run_summaries(runs_dir) if where.matches(x)],
-                    runs_dir)
+    return _runs_of(_find_summaries(
+        runs_dir, operation, label, unlabeled, status, started, batch),
+        runs_dir)
+
+
+def _find_summaries(runs_dir, operation=None, label=None, unlabeled=False,
+                    status=None, started=None, batch=None):
+    statuses = [status] if isinstance(status, str) else (status or ())
+    where = RunFilter(operation, label, unlabeled, statuses, started,
+                      getattr(batch, "id", batch))
+    return [x for x in run_summaries(runs_dir) if where.matches(x)]
 
 
 def compare(runs=None, **filters):
@@ -2650,13 +2649,13 @@ def compare(runs=None, **filters):
     status, label, each flag and the last value of each scalar.
 
     runs is a list of runs (default: every run that filters select;
-    filters are those of `runs`).
+    filters are those of `runs`, but for deleted).
     """
     if runs is None:
-        runs = _find_runs(**filters)
+        return compare_rows(_find_summaries(_runs_dir(), **filters))[1]
     wanted = {getattr(r, "id", r) for r in runs}
-    summaries = [x for x in run_summaries() if x["id"] in wanted]
-    return compare_rows(summaries)[1]
+    return compare_rows([x for x in run_summaries()
+                         if x["id"] in wanted])[1]
 
 
 def run_attrs(opspec, flags=None, cwd=None, label=None, optimizer=None,
@@ -3125,9 +3124,9 @@ def _cmd_label(args):
 
 
 def _cmd_compare(args):
-    summaries, _runs = _listing(args)
+    summaries, runs = _listing(args)
     if args.runs:
-        wanted = {r.id for r in select_runs(args.runs, _runs)}
+        wanted = {r.id for r in select_runs(args.runs, runs)}
         summaries = [x for x in summaries if x["id"] in wanted]
     columns, rows = compare_rows(summaries)
     if args.strict_cols:
