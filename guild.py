@@ -83,20 +83,24 @@ __all__ = [
 ## 1. Imports, constants and platform choices
 # ---------------------------------------------------------------------------
 
+# logging and subprocess are imported where they are used: together they
+# cost a plain run a fifth of an interpreter's start-up, and it needs neither.
 import argparse
+import atexit
+import builtins
 import codecs
 import csv
 import errno
+import gc
+import io
 import itertools
 import json
-import logging
 import math
 import os
 import random
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -149,6 +153,17 @@ else:
         fcntl.lockf(fd, fcntl.LOCK_UN)
 
 
+# On Linux a script run starts in a fork of the guild process, which saves
+# a second interpreter start-up per run (the bulk of guild.py's overhead).
+# Elsewhere (Windows cannot fork; macOS frameworks are not fork-safe), in a
+# process with other threads, or with GUILD_NO_FORK=1 in the environment,
+# it starts in a fresh interpreter. The fork needs CPython's atexit
+# internals to run the script's exit handlers and not guild's.
+FORK_SCRIPTS = (sys.platform.startswith("linux")
+                and hasattr(atexit, "_clear")
+                and hasattr(atexit, "_run_exitfuncs")
+                and not os.environ.get("GUILD_NO_FORK"))
+
 PROG = "guild"
 RUN_ID_LEN = 32
 SHORT_ID_LEN = 8
@@ -192,9 +207,24 @@ _SOURCE_SKIP_DIRS = {"__pycache__", "node_modules", "venv", "env"}
 ## 2. Output and logging
 # ---------------------------------------------------------------------------
 
-log = logging.getLogger("guild")
-log.addHandler(logging.NullHandler())
-queue_log = logging.getLogger("guild.queue")
+class _Logger:
+    """Stands for logging.getLogger(name), looked up when first used.
+
+    Importing logging costs a tenth of a plain run, which logs nothing;
+    batches and queues import it when they first log.
+    """
+
+    def __init__(self, name):
+        self.name = name
+
+    def __getattr__(self, attr):
+        return getattr(_logger(self.name), attr)
+
+
+log = _Logger("guild")
+queue_log = _Logger("guild.queue")
+_LOG_SETUP = {"done": False, "cli": False}
+_LOG_HANDLER_NAME = "guild.py"
 
 
 class _Output:
@@ -235,39 +265,53 @@ def _echo(text=""):
     print(text, flush=True)
 
 
-class _LogHandler(logging.Handler):
-    """Logs as `LEVEL: [guild] message` to stderr and open run outputs.
+def _logger(name):
+    """The logging logger name; the first call sets up guild's loggers."""
+    import logging
+    if not _LOG_SETUP["done"]:
+        _LOG_SETUP["done"] = True
+        logging.getLogger("guild").addHandler(logging.NullHandler())
+    if _LOG_SETUP["cli"]:
+        _LOG_SETUP["cli"] = False
+        guild_log = logging.getLogger("guild")
+        if not any(h.get_name() == _LOG_HANDLER_NAME
+                   for h in guild_log.handlers):
+            handler = logging.Handler()
+            handler.set_name(_LOG_HANDLER_NAME)
+            handler.emit = _show_log_record
+            guild_log.addHandler(handler)
+        guild_log.setLevel(logging.INFO)
+    return logging.getLogger(name)
 
-    Queue messages read `LEVEL: [queue] <time> message`.
-    """
 
-    def emit(self, record):
-        try:
-            line = _format_log_record(record) + "\n"
-            _tee(line.encode("utf-8"), show=False)
-            sys.stderr.write(line)
-            sys.stderr.flush()
-        except Exception:  # pragma: no cover - logging must never raise
-            self.handleError(record)
-
-
-def _format_log_record(record):
+def _show_log_record(record):
+    """Show a log record as `LEVEL: [guild] message` on stderr and in open
+    run outputs; queue records read `LEVEL: [queue] <time> message`."""
     name = record.name.rsplit(".", 1)[-1]
     msg = record.getMessage()
     if name == "queue":
         stamp = time.strftime("%Y-%m-%d %H:%M:%S",
                               time.localtime(record.created))
         msg = "%s %s" % (stamp, msg)
-    return "%s: [%s] %s" % (record.levelname, name, msg)
+    line = "%s: [%s] %s\n" % (record.levelname, name, msg)
+    try:
+        _tee(line.encode("utf-8"), show=False)
+        sys.stderr.write(line)
+        sys.stderr.flush()
+    except (OSError, ValueError):  # pragma: no cover - logging never raises
+        pass
 
 
-def _init_logging():
-    """Set up logging for the command line (never at import)."""
-    for h in list(log.handlers):
-        if isinstance(h, _LogHandler):
-            log.removeHandler(h)
-    log.addHandler(_LogHandler())
-    log.setLevel(logging.INFO)
+def _log_to_terminal(on):
+    """Show guild's log records on the terminal from the next one logged,
+    or stop showing them: the command line's choice, never made at import.
+    """
+    _LOG_SETUP["cli"] = on
+    if not on and _LOG_SETUP["done"]:
+        guild_log = _logger("guild")
+        for h in list(guild_log.handlers):
+            if h.get_name() == _LOG_HANDLER_NAME:
+                guild_log.removeHandler(h)
 
 
 # ---------------------------------------------------------------------------
@@ -453,6 +497,7 @@ else:  # pragma: no cover - macOS and other POSIX without /proc
             return None
         except PermissionError:
             pass
+        import subprocess
         try:
             out = subprocess.run(
                 ["ps", "-o", "lstart=,stat=", "-p", str(pid)],
@@ -1029,6 +1074,7 @@ def _argparse_flagdefs(script_path, cache_path):
     """
     out_path = "%s.%s.out" % (cache_path, os.urandom(4).hex())
     _ensure_dir(os.path.dirname(cache_path))
+    import subprocess
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     try:
         subprocess.run(
@@ -2031,26 +2077,30 @@ def _start_run(run, gpus=None):
 # scripts, and records the script's own exit so that a run completes even
 # if the process watching it dies.
 _SCRIPT_RUNNER = r"""
-import ast, atexit, json, os, sys, time, types
+import atexit, json, os, sys, time, types
 replace, script = json.loads(sys.argv[1]), sys.argv[2]
 exit_path = os.path.abspath(os.path.join(".guild", "exit.json"))
 with open(script, "rb") as f:
-    tree = ast.parse(f.read(), script)
-def const(v):
-    if isinstance(v, list):
-        return ast.List(elts=[const(x) for x in v], ctx=ast.Load())
-    return ast.Constant(value=v)
-for node in tree.body:
-    if isinstance(node, ast.Assign) and len(node.targets) == 1:
-        target = node.targets[0]
-    elif isinstance(node, ast.AnnAssign) and node.value is not None:
-        target = node.target
-    else:
-        continue
-    if isinstance(target, ast.Name) and target.id in replace:
-        node.value = ast.copy_location(const(replace[target.id]), node.value)
-ast.fix_missing_locations(tree)
-code = compile(tree, script, "exec")
+    source = f.read()
+if replace:  # a globals-style script: its flags replace assigned values
+    import ast
+    tree = ast.parse(source, script)
+    def const(v):
+        if isinstance(v, list):
+            return ast.List(elts=[const(x) for x in v], ctx=ast.Load())
+        return ast.Constant(value=v)
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = node.targets[0]
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            target = node.target
+        else:
+            continue
+        if isinstance(target, ast.Name) and target.id in replace:
+            node.value = ast.copy_location(const(replace[target.id]),
+                                           node.value)
+    source = ast.fix_missing_locations(tree)
+code = compile(source, script, "exec")
 status = []
 def record():
     if not status:
@@ -2079,9 +2129,15 @@ except SystemExit as e:
     raise
 except KeyboardInterrupt:
     raise
-except BaseException:
+except BaseException as e:
     status.append(1)
-    raise
+    tb = e.__traceback__  # show the traceback from the script down
+    while tb is not None and tb.tb_frame.f_code.co_filename != script:
+        tb = tb.tb_next
+    if tb is not None:
+        e.__traceback__ = tb
+    sys.excepthook(type(e), e, e.__traceback__)
+    sys.exit(1)
 else:
     status.append(0)
 """
@@ -2120,17 +2176,14 @@ def _run_script(run, attrs, gpus):
     if gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpus)
     cmd = _script_command(attrs)
-    popen_kw = {}
-    if IS_WINDOWS:  # pragma: no cover
-        popen_kw["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
-    else:
-        popen_kw["start_new_session"] = True
     output_path = run.guild_path(OUTPUT_FILE)
     # The script writes its output file itself; this process shows it.
     with open(output_path, "ab") as out:
         offset = out.tell()
-        proc = subprocess.Popen(cmd, cwd=run.dir, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, **popen_kw)
+        # Forking a process with other threads (a notebook's) is unsafe.
+        fork = FORK_SCRIPTS and threading.active_count() == 1
+        start = _fork_script if fork else _spawn_script
+        proc = start(cmd, run.dir, env, out.fileno())
     proc_attrs = _read_json(run.guild_path(PROC_ATTRS)) or {}
     proc_attrs["child"] = _process_owner(proc.pid)
     proc_attrs["command"] = [cmd[0]] + cmd[4:]
@@ -2140,6 +2193,118 @@ def _run_script(run, attrs, gpus):
         return _supervise(proc, output_path, offset, recorder.feed)
     finally:
         recorder.close()
+
+
+def _spawn_script(cmd, cwd, env, out_fd):
+    """Start script command cmd in a fresh interpreter, in a process group
+    of its own, writing to out_fd; return its Popen."""
+    import subprocess
+    popen_kw = {}
+    if IS_WINDOWS:  # pragma: no cover
+        popen_kw["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
+    else:
+        popen_kw["start_new_session"] = True
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out_fd,
+                            stderr=subprocess.STDOUT, **popen_kw)
+
+
+class _ForkedProcess:
+    """A forked child, with the part of Popen that _supervise uses."""
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.returncode = None
+
+    def wait(self):
+        """Wait for the child to exit; return its Popen-style returncode."""
+        if self.returncode is None:
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = (-os.WTERMSIG(status) if os.WIFSIGNALED(status)
+                               else os.WEXITSTATUS(status))
+        return self.returncode
+
+
+def _fork_script(cmd, cwd, env, out_fd):
+    """Start script command cmd in a fork of this process; the child does
+    what a fresh `python -c RUNNER ...` would, less the start-up."""
+    for stream in (sys.stdout, sys.stderr):  # or the child writes it again
+        stream.flush()
+    pid = os.fork()
+    if pid:
+        return _ForkedProcess(pid)
+    status = 1
+    try:  # the child never returns into guild: it ends here, whatever happens
+        status = _forked_script_main(cmd, cwd, env, out_fd)
+    except BaseException:  # pragma: no cover - a failure before the script
+        try:
+            sys.excepthook(*sys.exc_info())
+            sys.stderr.flush()
+        except BaseException:
+            pass
+    finally:
+        os._exit(status)
+
+
+def _forked_script_main(cmd, cwd, env, out_fd):
+    """In a forked child: become the script's process (session, directory,
+    output, environment, signals, streams), run the script and end as an
+    interpreter would: threads joined, exit handlers run, streams flushed.
+    Return the exit code; a script ended by Ctrl-C ends by SIGINT."""
+    gc.freeze()  # guild's objects are not the script's to collect
+    os.setsid()
+    os.chdir(cwd)
+    os.dup2(out_fd, 1)
+    os.dup2(out_fd, 2)
+    os.environ.clear()
+    os.environ.update(env)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    atexit._clear()
+    encoding = getattr(sys.__stdout__, "encoding", None) or "utf-8"
+    sys.stdout = sys.__stdout__ = io.TextIOWrapper(
+        io.FileIO(1, "w", closefd=False), encoding=encoding,
+        errors=getattr(sys.__stdout__, "errors", None) or "strict",
+        write_through=True)
+    sys.stderr = sys.__stderr__ = io.TextIOWrapper(
+        io.FileIO(2, "w", closefd=False), encoding=encoding,
+        errors="backslashreplace", write_through=True)
+    sys.argv = ["-c"] + cmd[3:]  # as `python -c RUNNER ...` sees them
+    status = 0
+    try:
+        exec(_SCRIPT_RUNNER, {"__name__": "__guild_runner__",
+                              "__builtins__": builtins})
+    except SystemExit as e:
+        status = _system_exit_status(e)
+    except KeyboardInterrupt as e:  # shown as the interpreter would
+        sys.excepthook(type(e), e, e.with_traceback(
+            e.__traceback__.tb_next).__traceback__)
+        status = -signal.SIGINT
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    if status < 0:
+        signal.signal(-status, signal.SIG_DFL)
+        os.kill(os.getpid(), -status)
+    return status
+
+
+def _system_exit_status(e):
+    """The exit code an interpreter gives for an uncaught SystemExit e."""
+    if e.code is None:
+        return 0
+    if isinstance(e.code, int):
+        return e.code & 0xFF
+    try:
+        print(e.code, file=sys.stderr)
+    except Exception:
+        pass
+    return 1
 
 
 def _supervise(proc, output_path, offset, on_output):
@@ -3401,8 +3566,8 @@ COMMANDS = [
 
 
 def _parser(argv=()):
-    """The argument parser; of the commands only the one argv names is
-    built in full (building them all costs more than a run's own work)."""
+    """The argument parser; if argv names a command, only that command's
+    parser is built (building them all costs more than a run's own work)."""
     p = _ArgumentParser(prog=PROG, description="Track experiments: run "
                         "scripts as runs, batches of trials and queues.")
     p.add_argument("--version", action="version",
@@ -3413,9 +3578,10 @@ def _parser(argv=()):
                            parser_class=_ArgumentParser)
     words = [w for i, w in enumerate(argv) if not w.startswith("-") and
              (i == 0 or argv[i - 1] not in ("-H", "--guild-home"))]
-    for name, help_text, build in COMMANDS:
+    named = [c for c in COMMANDS if words[:1] == [c[0]]]
+    for name, help_text, build in named or COMMANDS:  # all for help, errors
         cmd = sub.add_parser(name, help=help_text)
-        if words[:1] == [name]:
+        if named:
             build(cmd)
     return p
 
@@ -3434,7 +3600,7 @@ def _take_extra_flags(args, extra):
 def main(argv=None):
     """Run the command line with argv; return the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    _init_logging()
+    _log_to_terminal(True)
     try:
         args, extra = _parser(argv).parse_known_args(argv)
         _take_extra_flags(args, extra)
@@ -3458,6 +3624,8 @@ def main(argv=None):
     except OSError as e:  # the store or disk failed under us
         sys.stderr.write("%s: %s\n" % (PROG, e))
         return 1
+    finally:
+        _log_to_terminal(False)
 
 
 # ---------------------------------------------------------------------------

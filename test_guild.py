@@ -909,6 +909,40 @@ class RunTest(GuildTestCase):
         self.assertEqual(self.guild("--version"),
                          (0, "guild.py %s\n" % guild.__version__))
 
+    def test_script_process_starts_and_ends_as_an_interpreter(self):
+        # Linux forks the guild process for a script; GUILD_NO_FORK=1
+        # starts a fresh interpreter. A script cannot tell them apart.
+        self.copy_sample("ends.py")
+        start = ("name=__main__ argv=['ends.py']\nINFO logged\n")
+        cases = [
+            ("normally", 0, "completed", ["thread done\natexit ran\n"]),
+            ("raise", 1, "error", [
+                "Traceback (most recent call last):\n"
+                "  File \"ends.py\", line 24, in <module>\n",
+                "ValueError: boom\n", "thread done\natexit ran\n"]),
+            ("exit", 1, "error", ["bad thing\n", "thread done\n",
+                                  "atexit ran\n"]),
+            ("interrupt", 130, "terminated", [
+                "KeyboardInterrupt\n", "thread done\natexit ran\n"]),
+        ]
+        for env in ({}, {"GUILD_NO_FORK": "1"}):
+            for end, code, status, parts in cases:
+                with self.subTest(env=env, end=end):
+                    result = self.guild("run", "ends.py", "end=" + end,
+                                        "-y", env=env)
+                    self.assertEqual(result[0], code, result[1])
+                    out = result[1]
+                    self.assertTrue(out.startswith(start), out)
+                    self.assertNotIn("guild.py", out)
+                    self.assertTrue(out.endswith(parts[-1]), out)
+                    at = [out.find(part) for part in parts]
+                    self.assertNotIn(-1, at, out)
+                    self.assertEqual(at, sorted(at), out)
+                    run = self.runs()[0]
+                    self.assertEqual(run.status, status)
+                    with open(run.guild_path("output")) as f:
+                        self.assertEqual(f.read(), out)
+
     @unittest.skipIf(IS_WINDOWS, "POSIX signals")
     def test_sigterm_or_ctrl_c_leaves_run_terminated(self):
         self.copy_sample("sleep.py")
