@@ -1297,10 +1297,12 @@ def parse_scalar_line(line):
 
 
 class _ScalarRecorder:
-    """Parses a run's output as it arrives; appends scalars to a file."""
+    """Parses a run's output as it arrives; appends scalars to a file,
+    made when the first scalar comes."""
 
     def __init__(self, path):
-        self._file = open(path, "a", encoding="utf-8")
+        self._path = path
+        self._file = None
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._partial = ""
         self._overlong = False
@@ -1326,6 +1328,8 @@ class _ScalarRecorder:
             if val == val and abs(val) != float("inf"):
                 self.step = int(val)
             return
+        if self._file is None:
+            self._file = open(self._path, "a", encoding="utf-8")
         self._file.write(json.dumps([key, val, self.step, _timestamp()])
                          + "\n")
         self._file.flush()
@@ -1333,7 +1337,8 @@ class _ScalarRecorder:
     def close(self):
         if self._partial:
             self._line(self._partial)
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
 
 def read_scalars(run_dir):
@@ -1427,6 +1432,30 @@ def _write_cache_json(path, data):
                 raise
 
 
+def _index_move(kind, name, to_kind, to_name=None, keep=False):
+    """Move (with keep, link) an index entry to another kind, in one
+    rename; an entry that is missing is made anew. Cheaper than writing
+    a new file, and never leaves the run in neither kind."""
+    src = os.path.join(_index_dir(kind), name)
+    dest = os.path.join(_index_dir(to_kind), to_name or name)
+    for attempt in range(2):
+        try:
+            if keep:
+                os.link(src, dest)
+            else:
+                os.replace(src, dest)
+            return
+        except FileExistsError:
+            return
+        except FileNotFoundError:
+            if not os.path.exists(src):
+                break
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+        except OSError:  # a filesystem without hard links
+            break
+    _write_cache_json(dest, {})
+
+
 def _index_drop(kind, name, home=None):
     _remove(os.path.join(_index_dir(kind, home), name))
 
@@ -1456,11 +1485,9 @@ def _claim_staged(run):
     """
     status = run.status
     if status == "staged":
-        owner = _process_owner()
-        name = _index_name(run.id, run.get("created"))
-        _index_put("claims", name, owner)
+        _index_move("staged", _index_name(run.id, run.get("created")),
+                    "claims")
         set_run_pending(run)
-        _index_drop("staged", name)
     return status
 
 
@@ -1489,8 +1516,7 @@ def _restage_dead_claims():
         status = run_status(run_dir)
         if status == "staged":
             _remove(os.path.join(run_dir, ".guild", PENDING_CLAIM))
-            _index_put("staged", name, {})
-            _index_drop("claims", name)
+            _index_move("claims", name, "staged")
             log.info("Run %s was claimed by a process that died; it is "
                      "staged again", run_id)
         elif status != "pending":
@@ -1537,18 +1563,7 @@ def _reconcile_index():
     for kind, names_wanted in want.items():
         have = set(_index_names(kind))
         for name in names_wanted - have:
-            if kind == "running":
-                run_dir = os.path.join(runs_dir, name)
-                proc = _read_json(os.path.join(run_dir, ".guild",
-                                               PROC_ATTRS)) or {}
-                attrs = _read_json(os.path.join(run_dir, ".guild",
-                                                RUN_ATTRS)) or {}
-                _index_put(kind, name, _running_entry(attrs, proc))
-            else:
-                data = _read_json(os.path.join(
-                    runs_dir, _index_run_id(name), ".guild",
-                    PENDING_CLAIM)) if kind == "claims" else {}
-                _index_put(kind, name, data or {})
+            _index_put(kind, name, {})
         for name in have - names_wanted:
             run_id = name if kind == "running" else _index_run_id(name)
             if run_id in created or (
@@ -1556,26 +1571,17 @@ def _reconcile_index():
                 _index_drop(kind, name)
 
 
-def _running_entry(attrs, owner):
-    return {"pid": owner.get("pid"), "start": owner.get("start"),
-            "kind": (attrs.get("op") or {}).get("kind")}
-
-
 def _other_runs_running():
     """True if a run other than a queue is running (from the index)."""
     for name in _index_names("running"):
-        entry = _read_json(os.path.join(_index_dir("running"), name))
-        run_dir = os.path.join(_runs_dir(), name)
-        if not isinstance(entry, dict) or not os.path.isdir(run_dir):
-            _index_drop("running", name)
-            continue
-        if _owner_alive(entry):
-            if entry.get("kind") != "queue":
+        run = Run(name, os.path.join(_runs_dir(), name))
+        attrs = _read_json(run.guild_path(RUN_ATTRS))
+        status = run.status if isinstance(attrs, dict) else None
+        if status == "running":
+            if (attrs.get("op") or {}).get("kind") != "queue":
                 return True
-            continue
-        if run_status(run_dir) == "running":  # an orphaned script
-            return True
-        _index_drop("running", name)
+        elif status not in ("pending", "staged"):  # those may yet start
+            _index_drop("running", name)
     return False
 
 
@@ -2033,10 +2039,11 @@ def _start_run(run, gpus=None):
     """
     attrs = run._attrs()
     kind = attrs["op"]["kind"]
-    owner = _process_owner()
-    _index_put("running", run.id, _running_entry(attrs, owner))
-    _write_json(run.guild_path(PROC_ATTRS), dict(owner, started=_timestamp()))
-    _mark_started(run)
+    record = dict(_process_owner(), started=_timestamp())
+    _index_move("claims", _index_name(run.id, attrs.get("created")),
+                "running", run.id, keep=True)
+    if kind != "script":  # a script run records its process with the script's
+        _record_start(run, record)
     gpus = attrs.get("gpus") if gpus is None else gpus
     stop = None
     exit_status = 1
@@ -2046,7 +2053,7 @@ def _start_run(run, gpus=None):
         _Output.files.append(out)
     try:
         if kind == "script":
-            exit_status = _run_script(run, attrs, gpus)
+            exit_status = _run_script(run, attrs, gpus, record)
         elif kind == "batch":
             exit_status = _run_batch(run, attrs)
         elif kind == "queue":
@@ -2063,9 +2070,14 @@ def _start_run(run, gpus=None):
         if out is not None:
             _Output.files.remove(out)
             out.close()
-        _write_json(run.guild_path(EXIT_ATTRS), {
-            "exit_status": exit_status, "stopped": _timestamp(),
-            "status": _exit_status_name(exit_status, stop is not None)})
+        status = _exit_status_name(exit_status, stop is not None)
+        recorded = _read_json(run.guild_path(EXIT_ATTRS))
+        if not isinstance(recorded, dict) or (
+                recorded.get("exit_status"), recorded.get("status")) != (
+                exit_status, status):  # the script's own record may do
+            _write_json(run.guild_path(EXIT_ATTRS), {
+                "exit_status": exit_status, "stopped": _timestamp(),
+                "status": status})
         _index_drop("running", run.id)
     if stop is not None:
         raise stop
@@ -2170,24 +2182,40 @@ def _script_command(attrs):
     return cmd
 
 
-def _run_script(run, attrs, gpus):
+def _record_start(run, record):
+    """Record the process running a run: from here it is running, or if
+    that process dies, error; never staged again."""
+    _write_json(run.guild_path(PROC_ATTRS), record)
+    _mark_started(run)
+
+
+def _run_script(run, attrs, gpus, record):
     env = dict(os.environ, RUN_DIR=run.dir, RUN_ID=run.id,
                GUILD_HOME=_guild_home(), PYTHONUNBUFFERED="1")
     if gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpus)
     cmd = _script_command(attrs)
     output_path = run.guild_path(OUTPUT_FILE)
+    # Forking a process with other threads (a notebook's) is unsafe.
+    fork = FORK_SCRIPTS and threading.active_count() == 1
     # The script writes its output file itself; this process shows it.
     with open(output_path, "ab") as out:
         offset = out.tell()
-        # Forking a process with other threads (a notebook's) is unsafe.
-        fork = FORK_SCRIPTS and threading.active_count() == 1
-        start = _fork_script if fork else _spawn_script
-        proc = start(cmd, run.dir, env, out.fileno())
-    proc_attrs = _read_json(run.guild_path(PROC_ATTRS)) or {}
-    proc_attrs["child"] = _process_owner(proc.pid)
-    proc_attrs["command"] = [cmd[0]] + cmd[4:]
-    _write_json(run.guild_path(PROC_ATTRS), proc_attrs)
+        if fork:  # the forked script waits to be let go (below)
+            proc = _fork_script(cmd, run.dir, env, out.fileno())
+        else:  # a fresh interpreter starts at once: record it first
+            _record_start(run, record)
+            proc = _spawn_script(cmd, run.dir, env, out.fileno())
+    record.update(child=_process_owner(proc.pid),
+                  command=[cmd[0]] + cmd[4:])
+    try:
+        _record_start(run, record)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    if fork:
+        proc.let_go()
     recorder = _ScalarRecorder(run.guild_path(SCALARS_FILE))
     try:
         return _supervise(proc, output_path, offset, recorder.feed)
@@ -2209,11 +2237,29 @@ def _spawn_script(cmd, cwd, env, out_fd):
 
 
 class _ForkedProcess:
-    """A forked child, with the part of Popen that _supervise uses."""
+    """A forked child, with the part of Popen that _supervise uses; it
+    runs the script once let go, and exits if this process dies first."""
 
-    def __init__(self, pid):
+    def __init__(self, pid, gate_fd):
         self.pid = pid
         self.returncode = None
+        self._gate_fd = gate_fd
+
+    def let_go(self):
+        """Let the child run the script."""
+        os.write(self._gate_fd, b"go")
+        self._close_gate()
+
+    def kill(self):
+        """Make the child exit without running the script (or kill it)."""
+        if self._gate_fd is None:
+            os.kill(self.pid, signal.SIGKILL)
+        self._close_gate()
+
+    def _close_gate(self):
+        if self._gate_fd is not None:
+            os.close(self._gate_fd)
+            self._gate_fd = None
 
     def wait(self):
         """Wait for the child to exit; return its Popen-style returncode."""
@@ -2229,11 +2275,22 @@ def _fork_script(cmd, cwd, env, out_fd):
     what a fresh `python -c RUNNER ...` would, less the start-up."""
     for stream in (sys.stdout, sys.stderr):  # or the child writes it again
         stream.flush()
-    pid = os.fork()
+    gate_out, gate_in = os.pipe()
+    try:
+        pid = os.fork()
+    except BaseException:
+        os.close(gate_out)
+        os.close(gate_in)
+        raise
     if pid:
-        return _ForkedProcess(pid)
+        os.close(gate_out)
+        return _ForkedProcess(pid, gate_in)
     status = 1
     try:  # the child never returns into guild: it ends here, whatever happens
+        os.close(gate_in)
+        if os.read(gate_out, 2) != b"go":  # not let go: guild died or failed
+            os._exit(1)
+        os.close(gate_out)
         status = _forked_script_main(cmd, cwd, env, out_fd)
     except BaseException:  # pragma: no cover - a failure before the script
         try:
@@ -2664,8 +2721,9 @@ def _run_queue(queue_run, attrs):
             continue
         waiting = None
         last_verified = None
-        _progress("queue: %d done, %d staged" % (
-            done, len(_index_names("staged")) + 1), started)
+        if _showing_progress():  # counting the staged runs costs a listing
+            _progress("queue: %d done, %d staged" % (
+                done, len(_index_names("staged")) + 1), started)
         done += 1
         queue_log.info("Starting staged run %s", run.id)
         try:
@@ -2751,10 +2809,16 @@ def _table_cell(col, val):
     return str(val)
 
 
+def _showing_progress():
+    """True if progress lines are shown: on a terminal, unless quiet."""
+    return getattr(sys.stderr, "isatty", lambda: False)() and \
+        not _Output.quiet
+
+
 def _progress(text, started):
     """Show a progress line on a terminal (stderr); nothing otherwise."""
     stream = sys.stderr
-    if not getattr(stream, "isatty", lambda: False)() or _Output.quiet:
+    if not _showing_progress():
         return
     elapsed = int(time.monotonic() - started)
     line = "[guild] %s, %d:%02d:%02d elapsed" % (

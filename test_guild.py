@@ -943,6 +943,24 @@ class RunTest(GuildTestCase):
                     with open(run.guild_path("output")) as f:
                         self.assertEqual(f.read(), out)
 
+    @unittest.skipUnless(guild.FORK_SCRIPTS, "scripts start by fork")
+    def test_forked_script_runs_only_once_let_go(self):
+        # guild records the script's process before it lets it run; if
+        # guild fails (or dies) first, the script exits without running.
+        write(path(self.project, "touch.py"), "open('touched', 'w').close()")
+        cmd = [sys.executable, "-c", guild._SCRIPT_RUNNER, "{}", "touch.py"]
+        with open(path(self.project, "out"), "ab") as out:
+            for let_go, code, touched in [(False, 1, False), (True, 0, True)]:
+                proc = guild._fork_script(cmd, self.project,
+                                          dict(os.environ), out.fileno())
+                if let_go:
+                    proc.let_go()
+                else:
+                    proc.kill()
+                self.assertEqual(proc.wait(), code)
+                self.assertEqual(
+                    os.path.exists(path(self.project, "touched")), touched)
+
     @unittest.skipIf(IS_WINDOWS, "POSIX signals")
     def test_sigterm_or_ctrl_c_leaves_run_terminated(self):
         self.copy_sample("sleep.py")
