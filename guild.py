@@ -607,12 +607,12 @@ class Lock:
         return self
 
     def _wait_for(self, fd, deadline):
-        delay = 0.001
+        delay = 0.0002
         while not _try_lock_fd(fd):
             if deadline is not None and time.monotonic() > deadline:
                 raise self._timeout_error()
             time.sleep(delay)
-            delay = min(delay * 2, 0.004)  # locks are held for milliseconds
+            delay = min(delay * 2, 0.002)  # locks are held for milliseconds
 
     def release(self):
         """Release the lock."""
@@ -2270,11 +2270,19 @@ class _ForkedProcess:
         return self.returncode
 
 
+_runner_code = []
+
+
 def _fork_script(cmd, cwd, env, out_fd):
     """Start script command cmd in a fork of this process; the child does
     what a fresh `python -c RUNNER ...` would, less the start-up."""
     for stream in (sys.stdout, sys.stderr):  # or the child writes it again
         stream.flush()
+    if not _runner_code:  # compiled once for all the scripts a queue forks
+        _runner_code.append(compile(_SCRIPT_RUNNER, "<string>", "exec"))
+    if cmd[3] != "{}":  # flags to replace: the runner's ast, imported once
+        import ast  # noqa: F401
+    runner = _runner_code[0]
     gate_out, gate_in = os.pipe()
     try:
         pid = os.fork()
@@ -2291,7 +2299,7 @@ def _fork_script(cmd, cwd, env, out_fd):
         if os.read(gate_out, 2) != b"go":  # not let go: guild died or failed
             os._exit(1)
         os.close(gate_out)
-        status = _forked_script_main(cmd, cwd, env, out_fd)
+        status = _forked_script_main(cmd, cwd, env, out_fd, runner)
     except BaseException:  # pragma: no cover - a failure before the script
         try:
             sys.excepthook(*sys.exc_info())
@@ -2302,9 +2310,10 @@ def _fork_script(cmd, cwd, env, out_fd):
         os._exit(status)
 
 
-def _forked_script_main(cmd, cwd, env, out_fd):
+def _forked_script_main(cmd, cwd, env, out_fd, runner):
     """In a forked child: become the script's process (session, directory,
-    output, environment, signals, streams), run the script and end as an
+    output, environment, signals, streams), run the script with runner
+    (the compiled _SCRIPT_RUNNER) and end as an
     interpreter would: threads joined, exit handlers run, streams flushed.
     Return the exit code; a script ended by Ctrl-C ends by SIGINT."""
     gc.freeze()  # guild's objects are not the script's to collect
@@ -2328,8 +2337,8 @@ def _forked_script_main(cmd, cwd, env, out_fd):
     sys.argv = ["-c"] + cmd[3:]  # as `python -c RUNNER ...` sees them
     status = 0
     try:
-        exec(_SCRIPT_RUNNER, {"__name__": "__guild_runner__",
-                              "__builtins__": builtins})
+        exec(runner, {"__name__": "__guild_runner__",
+                      "__builtins__": builtins})
     except SystemExit as e:
         status = _system_exit_status(e)
     except KeyboardInterrupt as e:  # shown as the interpreter would
