@@ -1958,8 +1958,11 @@ def _json_items(path):
 
 
 def _source_files(project, skip_dirs=()):
-    """Relative paths of the project's source files, up to the limit."""
+    """Relative paths of the project's source files, up to the limit;
+    not this file (guild.py copied into a project is the tool, not its
+    source)."""
     skip_real = {os.path.realpath(d) for d in skip_dirs}
+    own_name = os.path.basename(__file__)
     found = []
     for root, dirs, files in os.walk(project):
         dirs[:] = sorted(
@@ -1971,6 +1974,9 @@ def _source_files(project, skip_dirs=()):
             if name.startswith(".") or name.endswith((".pyc", ".pyo")):
                 continue
             path = os.path.join(root, name)
+            if name == own_name and os.path.realpath(path) == \
+                    os.path.realpath(__file__):
+                continue
             if not _is_source_file(path):
                 continue
             if len(found) == MAX_SOURCE_FILES:
@@ -2281,7 +2287,7 @@ def _fork_script(cmd, cwd, env, out_fd):
     if not _runner_code:  # compiled once for all the scripts a queue forks
         _runner_code.append(compile(_SCRIPT_RUNNER, "<string>", "exec"))
     if cmd[3] != "{}":  # flags to replace: the runner's ast, imported once
-        import ast  # noqa: F401
+        __import__("ast")
     runner = _runner_code[0]
     gate_out, gate_in = os.pipe()
     try:
@@ -2345,6 +2351,18 @@ def _forked_script_main(cmd, cwd, env, out_fd, runner):
         sys.excepthook(type(e), e, e.with_traceback(
             e.__traceback__.tb_next).__traceback__)
         status = -signal.SIGINT
+    _end_process()
+    if status < 0:
+        signal.signal(-status, signal.SIG_DFL)
+        os.kill(os.getpid(), -status)
+    return status
+
+
+def _end_process():
+    """What an interpreter does at exit that a program can see: join the
+    threads that are not daemons, run the exit handlers, flush stdout
+    and stderr. What it does after that (tearing down every module and
+    object) only costs time, and os._exit skips it."""
     for thread in threading.enumerate():
         if thread is not threading.current_thread() and not thread.daemon:
             thread.join()
@@ -2354,10 +2372,6 @@ def _forked_script_main(cmd, cwd, env, out_fd, runner):
             stream.flush()
         except (OSError, ValueError):
             pass
-    if status < 0:
-        signal.signal(-status, signal.SIG_DFL)
-        os.kill(os.getpid(), -status)
-    return status
 
 
 def _system_exit_status(e):
@@ -3746,4 +3760,8 @@ run = _namespace(
 if __name__ == "__main__":
     # Register this module as `guild` so later imports share one copy.
     sys.modules.setdefault("guild", sys.modules[__name__])
-    sys.exit(main())
+    code = main()
+    if hasattr(atexit, "_run_exitfuncs"):  # CPython: skip the teardown
+        _end_process()
+        os._exit(code)
+    sys.exit(code)

@@ -69,15 +69,16 @@ def cat(filename):
 
 
 def guild_cmd(args, cwd=None, guild_home=None, env=None, timeout=120,
-              input=None):
-    """Run `python guild.py ARGS`; return (exit code, stdout+stderr)."""
+              input=None, guild_py=GUILD_PY):
+    """Run `python guild.py ARGS` (this checkout's guild.py unless given);
+    return (exit code, stdout+stderr)."""
     full_env = dict(os.environ)
     full_env.pop("GUILD_HOME", None)
     if guild_home:
         full_env["GUILD_HOME"] = guild_home
     full_env.update(env or {})
     p = subprocess.run(
-        [sys.executable, GUILD_PY] + list(args), cwd=cwd, env=full_env,
+        [sys.executable, guild_py] + list(args), cwd=cwd, env=full_env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout,
         input=(input or "").encode(), check=False)
     return p.returncode, p.stdout.decode("utf-8", "replace")
@@ -848,20 +849,23 @@ class RunTest(GuildTestCase):
         self.assertEqual(code, 0, out)
         self.assertEqual(guild._run_for_dir(run_dir).status, "completed")
 
-    def test_source_snapshot_skips_guild_home_and_hidden(self):
+    def test_source_snapshot_skips_guild_home_hidden_and_guild_py(self):
         self.copy_sample("train.py")
         os.makedirs(path(self.project, ".git"))
         write(path(self.project, ".git", "config"), "x")
         os.makedirs(path(self.project, "pkg"))
         write(path(self.project, "pkg", "mod.py"), "x = 1\n")
         write(path(self.project, "data.bin"), "\0\1\2")
+        shutil.copy(GUILD_PY, self.project)  # vendored: the tool, not source
         home = path(self.project, "store")
         code, out = guild_cmd(["run", "train.py", "-y"], cwd=self.project,
-                              guild_home=home)
+                              guild_home=home,
+                              guild_py=path(self.project, "guild.py"))
         self.assertEqual(code, 0, out)
         [run] = guild.list_runs(path(home, "runs"))
         self.assertEqual(sorted(run.get("sourcecode")),
                          ["pkg/mod.py", "train.py"])
+        self.assertFalse(os.path.exists(path(run.dir, "guild.py")))
 
     def test_staged_run_runs_the_code_as_staged(self):
         self.copy_sample("train.py")
