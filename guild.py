@@ -2260,7 +2260,9 @@ class _ForkedProcess:
         """Make the child exit without running the script (or kill it)."""
         if self._gate_fd is None:
             os.kill(self.pid, signal.SIGKILL)
-        self._close_gate()
+        else:
+            os.write(self._gate_fd, b"no")
+            self._close_gate()
 
     def _close_gate(self):
         if self._gate_fd is not None:
@@ -2302,9 +2304,13 @@ def _fork_script(cmd, cwd, env, out_fd):
     status = 1
     try:  # the child never returns into guild: it ends here, whatever happens
         os.close(gate_in)
-        if os.read(gate_out, 2) != b"go":  # not let go: guild died or failed
-            os._exit(1)
+        word = os.read(gate_out, 2)
         os.close(gate_out)
+        # Nothing read: guild died. If it had recorded this process as the
+        # run's, the run has started: run the script, as a script started
+        # in a fresh interpreter would. Else its claim will be restaged.
+        if word != b"go" and (word or not _recorded_as_child(cwd)):
+            os._exit(1)
         status = _forked_script_main(cmd, cwd, env, out_fd, runner)
     except BaseException:  # pragma: no cover - a failure before the script
         try:
@@ -2314,6 +2320,13 @@ def _fork_script(cmd, cwd, env, out_fd):
             pass
     finally:
         os._exit(status)
+
+
+def _recorded_as_child(run_dir):
+    """True if run_dir's process record names this process as its child."""
+    proc = _read_json(os.path.join(run_dir, ".guild", PROC_ATTRS))
+    child = proc.get("child") if isinstance(proc, dict) else None
+    return isinstance(child, dict) and child.get("pid") == os.getpid()
 
 
 def _forked_script_main(cmd, cwd, env, out_fd, runner):

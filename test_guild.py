@@ -948,22 +948,34 @@ class RunTest(GuildTestCase):
                         self.assertEqual(f.read(), out)
 
     @unittest.skipUnless(guild.FORK_SCRIPTS, "scripts start by fork")
-    def test_forked_script_runs_only_once_let_go(self):
-        # guild records the script's process before it lets it run; if
-        # guild fails (or dies) first, the script exits without running.
+    def test_forked_script_runs_only_once_recorded(self):
+        # guild records the script's process before it lets it run. If
+        # guild fails first, the script exits without running; if guild
+        # dies, the script runs only if guild had recorded it.
         write(path(self.project, "touch.py"), "open('touched', 'w').close()")
+        os.makedirs(path(self.project, ".guild"))
         cmd = [sys.executable, "-c", guild._SCRIPT_RUNNER, "{}", "touch.py"]
+        cases = [("fails", False, 1, False), ("dies", False, 1, False),
+                 ("dies", True, 0, True), ("lets go", False, 0, True)]
         with open(path(self.project, "out"), "ab") as out:
-            for let_go, code, touched in [(False, 1, False), (True, 0, True)]:
-                proc = guild._fork_script(cmd, self.project,
-                                          dict(os.environ), out.fileno())
-                if let_go:
-                    proc.let_go()
-                else:
-                    proc.kill()
-                self.assertEqual(proc.wait(), code)
-                self.assertEqual(
-                    os.path.exists(path(self.project, "touched")), touched)
+            for guild_does, recorded, code, touched in cases:
+                with self.subTest(guild=guild_does, recorded=recorded):
+                    proc = guild._fork_script(cmd, self.project,
+                                              dict(os.environ), out.fileno())
+                    if recorded:
+                        guild._write_json(
+                            path(self.project, ".guild", "proc.json"),
+                            {"child": guild._process_owner(proc.pid)})
+                    if guild_does == "fails":
+                        proc.kill()
+                    elif guild_does == "dies":
+                        proc._close_gate()  # as the gate's end closes
+                    else:
+                        proc.let_go()
+                    self.assertEqual(proc.wait(), code)
+                    self.assertEqual(os.path.exists(
+                        path(self.project, "touched")), touched)
+                    guild._remove(path(self.project, "touched"))
 
     @unittest.skipIf(IS_WINDOWS, "POSIX signals")
     def test_sigterm_or_ctrl_c_leaves_run_terminated(self):
