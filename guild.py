@@ -1438,7 +1438,7 @@ def _index_move(kind, name, to_kind, to_name=None, keep=False):
     a new file, and never leaves the run in neither kind."""
     src = os.path.join(_index_dir(kind), name)
     dest = os.path.join(_index_dir(to_kind), to_name or name)
-    for attempt in range(2):
+    for _ in range(2):  # again once its directory is made
         try:
             if keep:
                 os.link(src, dest)
@@ -2332,9 +2332,9 @@ def _recorded_as_child(run_dir):
 def _forked_script_main(cmd, cwd, env, out_fd, runner):
     """In a forked child: become the script's process (session, directory,
     output, environment, signals, streams), run the script with runner
-    (the compiled _SCRIPT_RUNNER) and end as an
-    interpreter would: threads joined, exit handlers run, streams flushed.
-    Return the exit code; a script ended by Ctrl-C ends by SIGINT."""
+    (the compiled _SCRIPT_RUNNER) and end as an interpreter would: threads
+    joined, exit handlers run, streams flushed. Return the exit code; a
+    script ended by Ctrl-C ends by SIGINT."""
     gc.freeze()  # guild's objects are not the script's to collect
     os.setsid()
     os.chdir(cwd)
