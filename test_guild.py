@@ -1262,8 +1262,9 @@ class QueueTest(GuildTestCase):
 
 
 MARK_SCRIPT = """\
-import os
+import os, time
 i = 0
+time.sleep(float(os.environ.get("MARK_SECONDS", "0")))
 with open(os.path.join(os.environ["MARKS"], "%s-%s" % (i, os.getpid())),
           "w") as f:
     f.write(os.environ["RUN_ID"])
@@ -1307,6 +1308,7 @@ class QueueScaleTest(GuildTestCase):
 
     def test_eight_queues_start_each_of_400_trials_once(self):
         self.stage_marks(400)
+        self.env["MARK_SECONDS"] = "0.01"  # so that the queues overlap
         queues = [self.start_queue("run-once=yes", "ignore-running=yes")
                   for _ in range(8)]
         for q in queues:
@@ -1316,12 +1318,18 @@ class QueueScaleTest(GuildTestCase):
         self.assertEqual({len(v) for v in marks.values()}, {1})
         self.assertEqual({r.status for r in self.trials()}, {"completed"})
         self.assertEqual(len(self.trials()), 400)
+        starters = {guild._read_json(r.guild_path("proc.json"))["pid"]
+                    for r in self.trials()}
+        self.assertGreaterEqual(len(starters), 4)  # the queues shared them
 
     @unittest.skipIf(IS_WINDOWS, "POSIX signals")
     def test_queues_killed_at_random_lose_nothing(self):
         import random
         rnd = random.Random(4)
         self.stage_marks(120)
+        # Trials of 0.1 s: four queues need 3 s for all, so the kills (2.4 s
+        # of them) land while trials are claimed, started and running.
+        self.env["MARK_SECONDS"] = "0.1"
         queues = [self.start_queue("ignore-running=yes", "poll-interval=1")
                   for _ in range(4)]
         for _ in range(12):
@@ -1331,6 +1339,7 @@ class QueueScaleTest(GuildTestCase):
             victim.wait()
             queues.append(self.start_queue("ignore-running=yes",
                                            "poll-interval=1"))
+        self.assertLess(len(os.listdir(self.marks)), 120)
         for q in queues:
             q.kill()
             q.wait(timeout=60)
