@@ -1421,11 +1421,13 @@ class QueueScaleTest(GuildTestCase):
 
     def test_cache_deleted_while_queues_run(self):
         self.stage_marks(40)
+        self.env["MARK_SECONDS"] = "0.1"  # 2 s of trials for two queues
         queues = [self.start_queue("run-once=yes", "ignore-running=yes")
                   for _ in range(2)]
         for _ in range(5):
             time.sleep(0.2)
             shutil.rmtree(path(self.home, "cache"), ignore_errors=True)
+        self.assertLess(len(os.listdir(self.marks)), 40)  # deleted mid-way
         for q in queues:
             self.assertEqual(q.wait(timeout=300), 0)
         final = self.start_queue("run-once=yes")
