@@ -517,8 +517,10 @@ _own_owner = {}
 
 def _process_owner(pid=None):
     """Identify a process as host, pid and start time (pids get reused);
-    None if process pid is not running."""
+    None if process pid is not running. This process's own identity comes
+    with a fresh heartbeat of its host, as it is about to be recorded."""
     if pid is None:
+        _beat()
         pid = os.getpid()
         if pid not in _own_owner:
             _own_owner.clear()
@@ -530,21 +532,92 @@ def _process_owner(pid=None):
                                        "host": HOST}
 
 
-def _owner_alive(owner):
+def _owner_alive(owner, record=None):
     """True if the process that owner names is still the same and alive.
 
-    A process on another host cannot be checked from here: it counts as
-    alive, so no queue restages another machine's claim.
+    A process on another host cannot be checked from here. It counts as
+    alive, so no queue restages another machine's claim, unless its host
+    has lapsed (see _host_lapsed) and record, the file that names it, is
+    older than the lease too.
     """
     if not isinstance(owner, dict) or not isinstance(owner.get("pid"), int):
         return False
     if owner.get("host", HOST) != HOST:
-        return True
+        return not (record and _host_lapsed(owner["host"])
+                    and _older_than_lease(record))
     token = _proc_token(owner["pid"])
     if token is None:
         return False
     # "" is a start time this platform could not read: pid alone decides.
     return owner.get("start") == token or "" in (owner.get("start"), token)
+
+
+# Hosts sharing a store beat: every guild process that owns a claim or a
+# run touches GUILD_HOME/hosts/<host> at least every beat interval. A host
+# silent for longer than the lease (GUILD_HOST_LEASE seconds, default 300)
+# is taken for dead, and its claims and runs with it, once they are older
+# than the lease as well: a host that was idle and claims again beats first.
+
+DEFAULT_HOST_LEASE = 300
+_last_beat = {}  # guild home -> time.monotonic() of this process's last beat
+
+
+def _host_lease():
+    """The lease in seconds: GUILD_HOST_LEASE, or the default."""
+    try:
+        return max(float(os.environ.get("GUILD_HOST_LEASE") or
+                         DEFAULT_HOST_LEASE), 1.0)
+    except ValueError:
+        raise GuildError("GUILD_HOST_LEASE must be a number of seconds")
+
+
+def _host_path(host):
+    return os.path.join(_guild_home(), "hosts",
+                        re.sub(r"[^A-Za-z0-9._-]", "_", host) or "_")
+
+
+def _beat():
+    """Touch this host's heartbeat, if the last beat is a beat interval
+    (a quarter of the lease, at most 30 s) old."""
+    home = _guild_home()
+    now = time.monotonic()
+    last = _last_beat.get(home)
+    interval = min(_host_lease() / 4, 30)
+    if last is not None and now - last < interval:
+        return
+    path = _host_path(HOST)
+    try:
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            _ensure_dir(os.path.dirname(path))
+            _write_json(path, {"host": HOST})
+    except (OSError, GuildError):
+        return  # a read-only store: nothing of ours to keep alive
+    _last_beat[home] = now
+
+
+def _sleep(seconds):
+    """time.sleep, beating meanwhile."""
+    end = time.monotonic() + seconds
+    while True:
+        _beat()
+        left = end - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(left, 5.0))
+
+
+def _host_lapsed(host):
+    """True if host has not beaten for longer than the lease."""
+    return _older_than_lease(_host_path(host))
+
+
+def _older_than_lease(path):
+    try:
+        return time.time() - os.stat(path).st_mtime > _host_lease()
+    except OSError:
+        return True
 
 
 # ---------------------------------------------------------------------------
@@ -1241,12 +1314,15 @@ def run_status(run_dir):
     exit_attrs = _read_json(os.path.join(gdir, EXIT_ATTRS))
     if isinstance(exit_attrs, dict):
         return exit_attrs.get("status", "error")
-    proc = _read_json(os.path.join(gdir, PROC_ATTRS))
+    proc_path = os.path.join(gdir, PROC_ATTRS)
+    proc = _read_json(proc_path)
     if isinstance(proc, dict):
-        alive = _owner_alive(proc) or _owner_alive(proc.get("child"))
+        alive = _owner_alive(proc, proc_path) or _owner_alive(
+            proc.get("child"), proc_path)
         return "running" if alive else "error"
-    claim = _read_json(os.path.join(gdir, PENDING_CLAIM))
-    if claim is not None and _owner_alive(claim):
+    claim_path = os.path.join(gdir, PENDING_CLAIM)
+    claim = _read_json(claim_path)
+    if claim is not None and _owner_alive(claim, claim_path):
         return "pending"
     if os.path.exists(os.path.join(gdir, STAGED_MARKER)):
         return "staged"
@@ -1259,6 +1335,9 @@ def _status_reason(run):
         return ""
     proc = _read_json(run.guild_path(PROC_ATTRS))
     if isinstance(proc, dict) and run.status == "error":
+        if proc.get("host", HOST) != HOST:
+            return ("its host %s has not been heard from for over %d s"
+                    % (proc["host"], _host_lease()))
         return ("its process (pid %s) died without recording an exit"
                 % proc.get("pid"))
     if proc is None and run.status == "error":
@@ -2424,6 +2503,7 @@ def _supervise(proc, output_path, offset, on_output):
         f.seek(offset)
         while True:
             done = exited.wait(delay)
+            _beat()  # at most every beat interval; else a clock read
             chunk = f.read(OUTPUT_CHUNK)
             if chunk:
                 on_output(chunk)
@@ -2739,7 +2819,7 @@ def _run_queue(queue_run, attrs):
             if waiting != "running":
                 queue_log.info("Waiting for running runs")
                 waiting = "running"
-            time.sleep(poll)
+            _sleep(poll)
             continue
         # When idle, check the index against the run dirs now and then.
         verify = last_verified is None or (
@@ -2753,7 +2833,7 @@ def _run_queue(queue_run, attrs):
             if waiting != "staged":
                 queue_log.info("Waiting for staged runs")
                 waiting = "staged"
-            time.sleep(poll)
+            _sleep(poll)
             continue
         waiting = None
         last_verified = None
@@ -3710,6 +3790,7 @@ def main(argv=None):
             _parser(argv).print_help()
             return 0
         _Output.quiet = bool(getattr(args, "quiet", False))
+        _host_lease()  # a bad GUILD_HOST_LEASE fails here, before any work
         _install_stop_handlers()
         return args.func(args)
     except GuildError as e:

@@ -1387,6 +1387,49 @@ class QueueScaleTest(GuildTestCase):
         self.assertEqual(trial.status, "completed")
         self.assertEqual(list(self.marks_by_trial()), [0])
 
+    def test_dead_hosts_claims_and_runs_lapse_after_the_lease(self):
+        # Another host's claim and run count as alive while that host
+        # beats, or while they are younger than the lease (300 s).
+        self.stage_marks(2)
+        claimed, started = self.trials()
+        with guild.Lock(guild.RUN_STATUS, timeout=5):
+            guild._claim_staged(claimed)
+            guild._claim_staged(started)
+        remote = {"pid": 1, "start": "x", "host": "elsewhere"}
+        guild._write_json(claimed.guild_path("PENDING"), remote)
+        guild._write_json(started.guild_path("proc.json"),
+                          dict(remote, started=guild._timestamp()))
+        heartbeat = path(self.home, "hosts", "elsewhere")
+        guild._write_json(heartbeat, {"host": "elsewhere"})
+        past = time.time() - 600
+        for record in (claimed.guild_path("PENDING"),
+                       started.guild_path("proc.json")):
+            os.utime(record, (past, past))
+        self.assertEqual((claimed.status, started.status),
+                         ("pending", "running"))  # the host beats
+        os.utime(heartbeat, (past, past))
+        self.assertEqual((claimed.status, started.status),
+                         ("staged", "error"))  # it has lapsed
+        self.assertEqual(guild._status_reason(started),
+                         "its host elsewhere has not been heard from for "
+                         "over 300 s")
+        ours = path(self.home, "hosts", guild.HOST)
+        os.utime(ours, (past, past))  # an idle host beats before it claims
+        q = self.start_queue("run-once=yes")
+        self.assertEqual(q.wait(timeout=60), 0)
+        self.assertEqual((claimed.status, started.status),
+                         ("completed", "error"))
+        self.assertEqual(list(self.marks_by_trial()),
+                         [claimed.flags["i"]])
+        self.assertGreater(os.stat(ours).st_mtime, past + 300)
+
+    def test_bad_host_lease_is_an_error(self):
+        self.stage_marks(1)
+        code, out = guild_cmd(["runs"], cwd=self.project, guild_home=self.home,
+                              env={"GUILD_HOST_LEASE": "soon"})
+        self.assertGuildError((code, out), "GUILD_HOST_LEASE must be a "
+                              "number of seconds")
+
     def test_claim_from_another_host_is_never_restaged(self):
         self.stage_marks(1)
         [trial] = self.trials()
