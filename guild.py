@@ -517,10 +517,8 @@ _own_owner = {}
 
 def _process_owner(pid=None):
     """Identify a process as host, pid and start time (pids get reused);
-    None if process pid is not running. This process's own identity comes
-    with a fresh heartbeat of its host, as it is about to be recorded."""
+    None if process pid is not running."""
     if pid is None:
-        _beat()
         pid = os.getpid()
         if pid not in _own_owner:
             _own_owner.clear()
@@ -552,11 +550,13 @@ def _owner_alive(owner, record=None):
     return owner.get("start") == token or "" in (owner.get("start"), token)
 
 
-# Hosts sharing a store beat: every guild process that owns a claim or a
-# run touches GUILD_HOME/hosts/<host> at least every beat interval. A host
-# silent for longer than the lease (GUILD_HOST_LEASE seconds, default 300)
-# is taken for dead, and its claims and runs with it, once they are older
-# than the lease as well: a host that was idle and claims again beats first.
+# Hosts sharing a store beat: every guild process that watches a run or
+# waits in a queue touches GUILD_HOME/hosts/<host> at least every beat
+# interval. A host silent for longer than the lease (GUILD_HOST_LEASE
+# seconds, default 300) is taken for dead, and its claims and runs with it,
+# once they are older than the lease as well. A claim is pending only for
+# the moment before its run starts, and a started run is watched, so a live
+# host's records never lapse, even if the host was idle before.
 
 DEFAULT_HOST_LEASE = 300
 _last_beat = {}  # guild home -> time.monotonic() of this process's last beat
