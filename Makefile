@@ -2,9 +2,11 @@ PYTHON ?= python3
 
 .PHONY: test bench lint
 
-# Everything: unit tests and the doctest files under samples/.
+# Everything: unit tests and the doctest files under samples/, twice:
+# scripts forked (Linux) and in fresh interpreters (as on macOS, Windows).
 test:
 	$(PYTHON) test_guild.py
+	GUILD_NO_FORK=1 $(PYTHON) test_guild.py
 
 # Performance workloads against their targets (see README).
 bench:
