@@ -26,7 +26,7 @@ file): copy this file freely, keep this notice.
 #   1. Imports, constants and platform choices
 #   2. Output and logging
 #   3. Errors
-#   4. Small utilities: ids, time, JSON files, processes
+#   4. Small utilities: ids, time, JSON files, processes, host beats
 #   5. Locks
 #   6. Flags: decoding, encoding, inference
 #   7. Runs: the run directory, its status and its scalars
@@ -361,7 +361,7 @@ def _raise_stop(signum, _frame):
 
 
 # ---------------------------------------------------------------------------
-## 4. Small utilities: ids, time, JSON files, processes
+## 4. Small utilities: ids, time, JSON files, processes, host beats
 # ---------------------------------------------------------------------------
 
 
