@@ -590,9 +590,8 @@ def _beat():
         try:
             os.utime(path)
         except FileNotFoundError:
-            _ensure_dir(os.path.dirname(path))
-            _write_json(path, {"host": HOST})
-    except (OSError, GuildError):
+            _write_cache_json(path, {"host": HOST})
+    except OSError:
         return  # a read-only store: nothing of ours to keep alive
     _last_beat[home] = now
 
