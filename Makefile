@@ -2,15 +2,16 @@ PYTHON ?= python3
 
 .PHONY: test bench lint
 
-# Everything: unit tests and the doctest files under samples/, twice:
-# scripts forked (Linux) and in fresh interpreters (as on macOS, Windows).
+# Everything: unit tests and the doctest files under samples/, with scripts
+# forked (Linux); then again, with scripts started in fresh interpreters (as
+# on macOS and Windows), the tests that start scripts and the doctests.
 test:
 	$(PYTHON) test_guild.py
-	GUILD_NO_FORK=1 $(PYTHON) test_guild.py
+	GUILD_NO_FORK=1 GUILD_TEST_SCRIPTS_ONLY=1 $(PYTHON) test_guild.py
 
 # Performance workloads against their targets (see README).
 bench:
-	$(PYTHON) samples/bench.py
+	$(PYTHON) samples/bench/bench.py
 
 # Python 3.8 compatibility (needs `pip install vermin`).
 lint:

@@ -453,6 +453,8 @@ class FlagDecodeTest(unittest.TestCase):
 
 
 class FlagInferenceTest(GuildTestCase):
+    starts_scripts = True  # also run in the fresh-interpreter pass
+
     def test_argparse_flags(self):
         self.copy_sample("typed.py")
         mode, defs = guild._script_flagdefs(path(self.project, "typed.py"))
@@ -701,6 +703,8 @@ class ListTest(GuildTestCase):
 
 
 class RunTest(GuildTestCase):
+    starts_scripts = True  # also run in the fresh-interpreter pass
+
     def test_run_records_everything(self):
         self.copy_sample("say.py", project="batch")
         code, out = self.guild("run", "say.py", "msg=hi there", "-y")
@@ -1011,6 +1015,8 @@ class RunTest(GuildTestCase):
 
 
 class BatchTest(GuildTestCase):
+    starts_scripts = True  # also run in the fresh-interpreter pass
+
     def test_grid_order_and_failed_trial(self):
         self.copy_sample("fail.py")
         code, out = self.guild("run", "fail.py", "code=[0,2,0]", "-y")
@@ -1138,6 +1144,8 @@ class SearchSpaceTest(unittest.TestCase):
 
 
 class BatchStopTest(GuildTestCase):
+    starts_scripts = True  # also run in the fresh-interpreter pass
+
     @unittest.skipIf(IS_WINDOWS, "POSIX signals")
     def test_ctrl_c_stops_trial_and_batch(self):
         self.copy_sample("sleep.py")
@@ -1181,6 +1189,8 @@ class BatchStopTest(GuildTestCase):
 
 
 class QueueTest(GuildTestCase):
+    starts_scripts = True  # also run in the fresh-interpreter pass
+
     def stage(self, *flags, gpus=None):
         args = ["run", "say.py", "--stage", "-y"] + list(flags)
         if gpus:
@@ -1273,6 +1283,8 @@ with open(os.path.join(os.environ["MARKS"], "%s-%s" % (i, os.getpid())),
 
 class QueueScaleTest(GuildTestCase):
     """Many queues, killed queues, stopped runs, lost caches."""
+    starts_scripts = True  # also run in the fresh-interpreter pass
+
 
     def stage_marks(self, n):
         write(path(self.project, "mark.py"), MARK_SCRIPT)
@@ -1496,6 +1508,8 @@ class QueueScaleTest(GuildTestCase):
 
 @unittest.skipIf(IS_WINDOWS, "POSIX signals")
 class StopTest(GuildTestCase):
+    starts_scripts = True  # also run in the fresh-interpreter pass
+
     def start_sleep(self, *args):
         return self.start_guild("run", "-y", *args)
 
@@ -1563,6 +1577,8 @@ class StopTest(GuildTestCase):
 
 
 class ScalarTest(GuildTestCase):
+    starts_scripts = True  # also run in the fresh-interpreter pass
+
     def test_parser(self):
         p = guild.parse_scalar_line
         self.assertEqual(p("loss: 0.31"), ("loss", 0.31))
@@ -1630,6 +1646,8 @@ class ScalarTest(GuildTestCase):
 
 @unittest.skipIf(IS_WINDOWS, "needs a pseudo-terminal")
 class ProgressTest(GuildTestCase):
+    starts_scripts = True  # also run in the fresh-interpreter pass
+
     def run_in_pty(self, args, env=None):
         import pty
         master, slave = pty.openpty()
@@ -1711,6 +1729,8 @@ class TrashTest(GuildTestCase):
 
 
 class PackagingTest(unittest.TestCase):
+    starts_scripts = True  # also run in the fresh-interpreter pass
+
     def test_copied_file_alone_runs_with_isolated_python(self):
         d = mkdtemp()
         self.addCleanup(_cleanup_temp_dirs)
@@ -1766,7 +1786,22 @@ def _doctest_files():
     return sorted(found)
 
 
+def _starts_scripts(suite):
+    """The tests of suite whose class has starts_scripts set."""
+    kept = unittest.TestSuite()
+    for test in suite:
+        if isinstance(test, unittest.TestSuite):
+            kept.addTests(_starts_scripts(test))
+        elif getattr(test, "starts_scripts", False):
+            kept.addTest(test)
+    return kept
+
+
 def load_tests(loader, tests, pattern):
+    # GUILD_TEST_SCRIPTS_ONLY=1: the pass in which scripts start in fresh
+    # interpreters reruns only what that changes, and the doctests.
+    if os.environ.get("GUILD_TEST_SCRIPTS_ONLY"):
+        tests = _starts_scripts(tests)
     for filename in _doctest_files():
         tests.addTest(doctest.DocFileSuite(
             filename, module_relative=False, globs=dict(DOCTEST_GLOBS),

@@ -4,8 +4,8 @@ Builds its own temporary run stores and prints, for each workload, guild.py's
 median time and the ratio its target names, measured in this one run (the
 machine is shared and noisy: compare ratios, not absolute times).
 
-    python3 samples/bench.py            # all workloads
-    python3 samples/bench.py --quick    # fewer repeats, W3 at 200 not 1,000
+    python3 samples/bench/bench.py            # all workloads
+    python3 samples/bench/bench.py --quick    # fewer repeats, W3 at 200 not 1,000
 """
 
 import glob
@@ -18,7 +18,8 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 GUILD_PY = os.path.join(ROOT, "guild.py")
 SAY_PY = os.path.join(ROOT, "samples", "projects", "batch", "say.py")
 PY = sys.executable
