@@ -84,6 +84,19 @@ def guild_cmd(args, cwd=None, guild_home=None, env=None, timeout=120,
     return p.returncode, p.stdout.decode("utf-8", "replace")
 
 
+def require(what, available, install):
+    """Skip the calling test where `what` (a program or package it needs)
+    is missing, saying how to install it; with GUILD_REQUIRE_<WHAT>=1 in
+    the environment (CI sets these) fail instead of skipping."""
+    if available:
+        return
+    reason = "%s not installed (%s)" % (what, install)
+    if os.environ.get("GUILD_REQUIRE_" + what.upper()) == "1":
+        raise AssertionError("GUILD_REQUIRE_%s=1 but %s"
+                             % (what.upper(), reason))
+    raise unittest.SkipTest(reason)
+
+
 class SetGuildHome:
     """Set GUILD_HOME for the duration of a with block."""
 
