@@ -3092,11 +3092,57 @@ def _create_run(attrs, stage, run_dir=None):
 
 
 class _ArgumentParser(argparse.ArgumentParser):
-    """argparse that raises UsageError instead of exiting."""
+    """argparse that raises UsageError instead of exiting, and takes no
+    abbreviations: `-c` is never a prefix of `--clear`."""
+
+    def __init__(self, *args, **kw):
+        kw.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kw)
 
     def error(self, message):
         raise UsageError("%s\nTry '%s --help' for help." % (
             message, self.prog))
+
+
+# Every command is a function `_cmd_NAME(args)` registered by the
+# decorator below with its help line and the function that adds its
+# arguments to an argparse parser. A sub-command's name holds its parent's
+# ("runs info"). The parser, the help and the tests are built from COMMANDS.
+COMMANDS = {}
+
+
+class _Command:
+    """A registered command: name ("runs info"), help line, add_args(p),
+    func(args) -> exit code, and aliases (last words, such as "rm")."""
+
+    def __init__(self, name, help, add_args, func, aliases):
+        self.name = name
+        self.help = help
+        self.add_args = add_args
+        self.func = func
+        self.aliases = tuple(aliases)
+
+    @property
+    def parent(self):
+        return self.name.rpartition(" ")[0]
+
+    @property
+    def word(self):
+        return self.name.rpartition(" ")[2]
+
+
+def _command(name, help, add_args, aliases=()):
+    """Register the decorated function as command `name`.
+
+    add_args(p) sets p's description and adds its arguments; the function
+    gets the parsed args and returns the exit code. A function may be
+    registered under several names (`stop` and `runs stop`)."""
+    def register(func):
+        if name in COMMANDS:
+            raise ValueError("command '%s' registered twice" % name)
+        COMMANDS[name] = _Command(name, help, add_args, func, aliases)
+        return func
+    return register
 
 
 def _confirm(prompt, default=True, yes=False):
@@ -3124,6 +3170,175 @@ def _exit_code(exit_status):
     return exit_status if exit_status >= 0 else 128 - exit_status
 
 
+STATUS_FILTERS = ("staged", "pending", "running", "completed", "error",
+                  "terminated")
+
+
+def _add_filter_args(p):
+    g = p.add_argument_group("filters")
+    g.add_argument("-Fo", "--operation", dest="filter_op", metavar="VAL",
+                   help="runs whose operation contains VAL")
+    g.add_argument("-Fl", "--label", dest="filter_label", metavar="VAL",
+                   help="runs whose label contains VAL")
+    g.add_argument("-Fu", "--unlabeled", action="store_true",
+                   help="runs with no label but their flags")
+    g.add_argument("-Fs", "--started", dest="filter_started",
+                   metavar="RANGE", help="runs started in RANGE: today, "
+                   "'last 2 hours', 'after 2026-11-01', 'between 9:00 and "
+                   "12:00' ...")
+    for name in STATUS_FILTERS:
+        g.add_argument("-S" + name[0], "--" + name, action="store_true",
+                       dest="status_" + name, help="%s runs" % name)
+    g.add_argument("--batch", metavar="RUN", help="the trials of batch RUN")
+
+
+def _add_runs_args(p, verb, default="all"):
+    p.add_argument("runs", nargs="*", metavar="RUN",
+                   help="runs to %s (default: %s)" % (verb, default))
+    p.add_argument("-y", "--yes", action="store_true",
+                   help="do not ask for confirmation")
+    _add_filter_args(p)
+
+
+def _listing(args=None, deleted=False):
+    """(summaries, runs) a command sees, newest first, index-aligned:
+    the store (or the trash), narrowed by args' filter options."""
+    runs_dir = _trash_runs_dir() if deleted else _runs_dir()
+    summaries = run_summaries(runs_dir)
+    if args is not None:
+        where = _filter_from_args(args, summaries)
+        summaries = [x for x in summaries if where.matches(x)]
+    return summaries, _runs_of(summaries, runs_dir)
+
+
+def _filter_from_args(args, summaries):
+    statuses = [name for name in STATUS_FILTERS if getattr(
+        args, "status_" + name, False)]
+    batch = None
+    if getattr(args, "batch", None):
+        batch = _select_one(args.batch,
+                            _runs_of(summaries, _runs_dir())).id
+    return RunFilter(args.filter_op, args.filter_label, args.unlabeled,
+                     statuses, args.filter_started, batch)
+
+
+def _select_or_all(args, deleted=False):
+    """(summaries, selected runs): RUN args among the filtered listing,
+    or every run in it."""
+    summaries, runs = _listing(args, deleted)
+    return summaries, (select_runs(args.runs, runs) if args.runs else runs)
+
+
+def _summary_rows(summaries, selected=None):
+    """Listing rows `[N:id]  op  started  status  label` (N from 1)."""
+    wanted = None if selected is None else {run.id for run in selected}
+    rows = []
+    for i, x in enumerate(summaries):
+        if wanted is not None and x["id"] not in wanted:
+            continue
+        rows.append(["[%d:%s]" % (i + 1, x["id"][:SHORT_ID_LEN]), x["op"],
+                     _format_time(x["started"] or x["created"]),
+                     x["status"], x["label"]])
+    return rows
+
+
+def _format_table(rows):
+    if not rows:
+        return []
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(widths[i]) for i, cell in
+                      enumerate(row)).rstrip() for row in rows]
+
+
+def _confirm_runs(args, verb, summaries, selected):
+    """List selected runs and ask before verb-ing them (unless -y)."""
+    if args.yes:
+        return
+    print("You are about to %s the following runs:" % verb)
+    for line in _format_table(_summary_rows(summaries, selected)):
+        print("  " + line)
+    if not _confirm("%s %d run(s)?" % (verb.capitalize(), len(selected))):
+        raise GuildError("aborted")
+
+
+def _runs_to_act_on(args, verb, deleted=False, keep=None):
+    """The runs a command acts on (RUN args or filters, narrowed by keep),
+    confirmed by the user; None, after saying so, if there are none."""
+    summaries, selected = _select_or_all(args, deleted)
+    if keep is not None:
+        selected = [run for run in selected if keep(run)]
+    if not selected:
+        print("Nothing to %s" % verb)
+        return None
+    _confirm_runs(args, verb, summaries, selected)
+    return selected
+
+
+def _act_on_runs(args, verb, done, action, deleted=False):
+    """Apply action to each selected run (after asking), then say how
+    many: `Restored 2 run(s)`."""
+    selected = _runs_to_act_on(args, verb, deleted)
+    if not selected:
+        return 0
+    for run in selected:
+        action(run)
+    print("%s %d run(s)" % (done, len(selected)))
+    return 0
+
+
+QUEUE_DOC = """\
+Start staged runs, oldest first, one at a time.
+
+Several queues may share one run store: each staged run is started by one
+queue only. A queue waits while other runs are running unless
+ignore-running is set. With gpus set, the runs it starts see only those
+GPUs, and runs staged with --gpus are started only by a queue whose gpus
+match. run-once starts the staged runs there are and stops."""
+
+
+def _build_run_parser(p):
+    p.description = ("Run a script as a tracked run, stage it, or start or "
+                     "restart a run.")
+    p.add_argument("opspec", nargs="?", metavar="OP",
+                   help="a script (NAME.py) or 'queue'")
+    p.add_argument("flags", nargs="*", metavar="FLAG=VAL",
+                   help="flag values; a list [a,b] or a range makes a "
+                   "batch; @FILE.csv or @FILE.json lists trials")
+    p.add_argument("-y", "--yes", action="store_true",
+                   help="do not ask for confirmation")
+    p.add_argument("-l", "--label", help="the run's label; ${flag} is "
+                   "replaced by the flag's value")
+    p.add_argument("--stage", action="store_true",
+                   help="stage the run to start later")
+    p.add_argument("--start", metavar="RUN", help="start a staged run")
+    p.add_argument("--restart", metavar="RUN", help="run a run again")
+    p.add_argument("--run-dir", metavar="DIR",
+                   help="use DIR as the run directory")
+    p.add_argument("--stage-trials", action="store_true",
+                   help="stage a batch's trials instead of running them")
+    p.add_argument("-o", "--optimizer", metavar="NAME",
+                   help="run as a batch: + (grid search, the default for "
+                   "lists) or random (the default for ranges)")
+    p.add_argument("-m", "--max-trials", type=int, metavar="N",
+                   help="at most N trials (random search: N, default %d)"
+                   % DEFAULT_MAX_TRIALS)
+    p.add_argument("--random-seed", type=int, metavar="N",
+                   help="seed for random search and --max-trials")
+    p.add_argument("--print-trials", action="store_true",
+                   help="show the trials a batch would run, run nothing")
+    p.add_argument("--fail-on-trial-error", action="store_true",
+                   help="stop a batch at its first failed trial")
+    p.add_argument("--gpus", metavar="IDS",
+                   help="GPU ids to use (sets CUDA_VISIBLE_DEVICES)")
+    p.add_argument("--force-flags", action="store_true",
+                   help="accept flags the operation does not define")
+    p.add_argument("--help-op", action="store_true",
+                   help="show the operation's flags and exit")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="do not show the run's output")
+
+
+@_command("run", "run an operation", _build_run_parser)
 def _cmd_run(args):
     if args.opspec and ("=" in args.opspec or args.opspec[:1] == "@"):
         args.flags = [args.opspec] + list(args.flags)  # run --restart X a=1
@@ -3240,92 +3455,31 @@ def _update_flags(run, raw_flags, force):
     _write_json(run.guild_path(RUN_ATTRS), attrs)
 
 
-def _listing(args=None, deleted=False):
-    """(summaries, runs) a command sees, newest first, index-aligned:
-    the store (or the trash), narrowed by args' filter options."""
-    runs_dir = _trash_runs_dir() if deleted else _runs_dir()
-    summaries = run_summaries(runs_dir)
-    if args is not None:
-        where = _filter_from_args(args, summaries)
-        summaries = [x for x in summaries if where.matches(x)]
-    return summaries, _runs_of(summaries, runs_dir)
+def _add_list_args(p):
+    p.add_argument("-a", "--all", action="store_true", help="show all runs")
+    p.add_argument("-n", type=int, metavar="N",
+                   help="show the first N runs (default %d)"
+                   % DEFAULT_LIST_LIMIT)
+    p.add_argument("-d", "--deleted", action="store_true",
+                   help="list the deleted runs (the trash)")
+    _add_filter_args(p)
 
 
-def _filter_from_args(args, summaries):
-    statuses = [name for name in STATUS_FILTERS if getattr(
-        args, "status_" + name, False)]
-    batch = None
-    if getattr(args, "batch", None):
-        batch = _select_one(args.batch,
-                            _runs_of(summaries, _runs_dir())).id
-    return RunFilter(args.filter_op, args.filter_label, args.unlabeled,
-                     statuses, args.filter_started, batch)
+def _build_runs_parser(p):
+    p.description = ("List runs (the default), show one, stop, delete, "
+                     "restore or purge some. RUN is an index from the "
+                     "listing (1 is the newest), an id or an id prefix.")
+    _add_list_args(p)
 
 
-def _select_or_all(args, deleted=False):
-    """(summaries, selected runs): RUN args among the filtered listing,
-    or every run in it."""
-    summaries, runs = _listing(args, deleted)
-    return summaries, (select_runs(args.runs, runs) if args.runs else runs)
+def _build_runs_list_parser(p):
+    p.description = "List runs, newest first."
+    _add_list_args(p)
 
 
-def _summary_rows(summaries, selected=None):
-    """Listing rows `[N:id]  op  started  status  label` (N from 1)."""
-    wanted = None if selected is None else {run.id for run in selected}
-    rows = []
-    for i, x in enumerate(summaries):
-        if wanted is not None and x["id"] not in wanted:
-            continue
-        rows.append(["[%d:%s]" % (i + 1, x["id"][:SHORT_ID_LEN]), x["op"],
-                     _format_time(x["started"] or x["created"]),
-                     x["status"], x["label"]])
-    return rows
-
-
-def _format_table(rows):
-    if not rows:
-        return []
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return ["  ".join(cell.ljust(widths[i]) for i, cell in
-                      enumerate(row)).rstrip() for row in rows]
-
-
-def _confirm_runs(args, verb, summaries, selected):
-    """List selected runs and ask before verb-ing them (unless -y)."""
-    if args.yes:
-        return
-    print("You are about to %s the following runs:" % verb)
-    for line in _format_table(_summary_rows(summaries, selected)):
-        print("  " + line)
-    if not _confirm("%s %d run(s)?" % (verb.capitalize(), len(selected))):
-        raise GuildError("aborted")
-
-
-def _runs_to_act_on(args, verb, deleted=False, keep=None):
-    """The runs a command acts on (RUN args or filters, narrowed by keep),
-    confirmed by the user; None, after saying so, if there are none."""
-    summaries, selected = _select_or_all(args, deleted)
-    if keep is not None:
-        selected = [run for run in selected if keep(run)]
-    if not selected:
-        print("Nothing to %s" % verb)
-        return None
-    _confirm_runs(args, verb, summaries, selected)
-    return selected
-
-
-def _act_on_runs(args, verb, done, action, deleted=False):
-    """Apply action to each selected run (after asking), then say how
-    many: `Restored 2 run(s)`."""
-    selected = _runs_to_act_on(args, verb, deleted)
-    if not selected:
-        return 0
-    for run in selected:
-        action(run)
-    print("%s %d run(s)" % (done, len(selected)))
-    return 0
-
-
+@_command("runs", "list, show, stop, delete or restore runs",
+          _build_runs_parser)
+@_command("runs list", "list runs (newest first)", _build_runs_list_parser)
 def _cmd_runs_list(args):
     summaries, _runs = _listing(args, deleted=args.deleted)
     limit = None if args.all else (args.n or DEFAULT_LIST_LIMIT)
@@ -3339,6 +3493,16 @@ def _cmd_runs_list(args):
     return 0
 
 
+def _build_runs_info_parser(p):
+    p.description = "Show a run's attributes, flags and scalars."
+    p.add_argument("run", nargs="?", metavar="RUN",
+                   help="the run (default: the newest)")
+    p.add_argument("--scalar-stats", action="store_true",
+                   help="show each scalar's min, max and count too")
+    _add_filter_args(p)
+
+
+@_command("runs info", "show a run's attributes", _build_runs_info_parser)
 def _cmd_runs_info(args):
     run = _select_one(args.run or "1", _listing(args)[1])
     attrs = run._attrs()
@@ -3387,6 +3551,39 @@ def _num(x):
     return "%.6g" % x
 
 
+def _build_stop_parser(p):
+    p.description = ("Stop running runs: a script's process group gets "
+                     "SIGTERM and its run ends terminated; stopping a queue "
+                     "stops its run, then the queue.")
+    _add_runs_args(p, "stop", "every running run")
+
+
+@_command("stop", "stop running runs", _build_stop_parser)
+@_command("runs stop", "stop running runs", _build_stop_parser)
+def _cmd_stop(args):
+    running = _runs_to_act_on(args, "stop",
+                              keep=lambda run: run.status == "running")
+    if not running:
+        return 0
+    for run in running:
+        if _stop_run(run):
+            print("Stopping %s (%s)" % (run.short_id, run.op_desc))
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for run in running:
+        _finish_stopped(run, deadline)
+    return 0
+
+
+def _build_runs_delete_parser(p):
+    p.description = ("Delete runs: they move to the trash, from where "
+                     "'runs restore' brings them back.")
+    _add_runs_args(p, "delete")
+    p.add_argument("-p", "--permanent", action="store_true",
+                   help="delete for good, not to the trash")
+
+
+@_command("runs delete", "delete runs (to the trash)",
+          _build_runs_delete_parser, aliases=["rm"])
 def _cmd_runs_delete(args):
     summaries, selected = _select_or_all(args)
     if not selected:
@@ -3408,6 +3605,13 @@ def _cmd_runs_delete(args):
     return 0
 
 
+def _build_runs_restore_parser(p):
+    p.description = "Bring deleted runs back from the trash."
+    _add_runs_args(p, "restore", "every deleted run")
+
+
+@_command("runs restore", "bring deleted runs back from the trash",
+          _build_runs_restore_parser)
 def _cmd_runs_restore(args):
     return _act_on_runs(args, "restore", "Restored", _restore_run,
                         deleted=True)
@@ -3420,25 +3624,34 @@ def _restore_run(run):
                                          restored.get("created")), {})
 
 
+def _build_runs_purge_parser(p):
+    p.description = "Delete runs in the trash for good."
+    _add_runs_args(p, "purge", "every deleted run")
+
+
+@_command("runs purge", "delete runs in the trash for good",
+          _build_runs_purge_parser)
 def _cmd_runs_purge(args):
     return _act_on_runs(args, "purge", "Purged",
                         lambda run: shutil.rmtree(run.dir), deleted=True)
 
 
-def _cmd_stop(args):
-    running = _runs_to_act_on(args, "stop",
-                              keep=lambda run: run.status == "running")
-    if not running:
-        return 0
-    for run in running:
-        if _stop_run(run):
-            print("Stopping %s (%s)" % (run.short_id, run.op_desc))
-    deadline = time.monotonic() + STOP_GRACE_SECONDS
-    for run in running:
-        _finish_stopped(run, deadline)
-    return 0
+def _build_label_parser(p):
+    p.description = ("Change the labels of runs. ${flag} in VAL is replaced "
+                     "by each run's flag value.")
+    _add_runs_args(p, "label")
+    g = p.add_argument_group("changes (give one)")
+    g.add_argument("-s", "--set", metavar="VAL", help="set the label")
+    g.add_argument("-a", "--append", metavar="VAL", help="add VAL at the "
+                   "end")
+    g.add_argument("-P", "--prepend", metavar="VAL", help="add VAL at the "
+                   "start")
+    g.add_argument("-r", "--remove", metavar="VAL", help="remove VAL")
+    g.add_argument("-c", "--clear", action="store_true",
+                   help="clear the label")
 
 
+@_command("label", "set or change run labels", _build_label_parser)
 def _cmd_label(args):
     changes = [(k, getattr(args, k)) for k in
                ("set", "append", "prepend", "remove") if getattr(args, k)
@@ -3467,6 +3680,26 @@ def _cmd_label(args):
     return _act_on_runs(args, "label", "Labeled", relabel)
 
 
+def _build_compare_parser(p):
+    p.description = ("A table of runs: run, operation, started, time, "
+                     "status, label, each flag and the last value of each "
+                     "scalar (output lines such as 'loss: 0.31').")
+    p.add_argument("runs", nargs="*", metavar="RUN",
+                   help="runs to compare (default: all)")
+    p.add_argument("--csv", metavar="PATH",
+                   help="write CSV to PATH (- for standard output)")
+    p.add_argument("-cc", "--strict-cols", metavar="COLS",
+                   help="show only these comma-separated columns")
+    p.add_argument("--min", metavar="COL", help="sort by COL, lowest first")
+    p.add_argument("--max", metavar="COL",
+                   help="sort by COL, highest first")
+    p.add_argument("-n", "--top", type=int, metavar="N",
+                   help="show the first N runs")
+    _add_filter_args(p)
+
+
+@_command("compare", "compare runs by flags and scalars",
+          _build_compare_parser)
 def _cmd_compare(args):
     summaries, runs = _listing(args)
     if args.runs:
@@ -3515,6 +3748,15 @@ def _write_compare_csv(dest, columns, rows):
             out.close()
 
 
+def _build_ls_parser(p):
+    p.description = "List the files of a run."
+    p.add_argument("run", nargs="?", metavar="RUN",
+                   help="the run (default: the newest)")
+    p.add_argument("-a", "--all", action="store_true",
+                   help="include guild.py's own files in .guild")
+
+
+@_command("ls", "list a run's files", _build_ls_parser)
 def _cmd_ls(args):
     run = _select_one(args.run or "1", _listing()[1])
     print("%s:" % run.dir)
@@ -3528,6 +3770,15 @@ def _cmd_ls(args):
     return 0
 
 
+def _build_cat_parser(p):
+    p.description = "Print a run's output or one of its files."
+    p.add_argument("run", nargs="?", metavar="RUN",
+                   help="the run (default: the newest)")
+    p.add_argument("--output", action="store_true", help="show the output")
+    p.add_argument("-p", "--path", help="show file PATH of the run")
+
+
+@_command("cat", "show a run's output or a file", _build_cat_parser)
 def _cmd_cat(args):
     run = _select_one(args.run or "1", _listing()[1])
     if args.output:
@@ -3546,223 +3797,37 @@ def _cmd_cat(args):
     return 0
 
 
-QUEUE_DOC = """\
-Start staged runs, oldest first, one at a time.
-
-Several queues may share one run store: each staged run is started by one
-queue only. A queue waits while other runs are running unless
-ignore-running is set. With gpus set, the runs it starts see only those
-GPUs, and runs staged with --gpus are started only by a queue whose gpus
-match. run-once starts the staged runs there are and stops."""
-
-STATUS_FILTERS = ("staged", "pending", "running", "completed", "error",
-                  "terminated")
-
-
-def _add_filter_args(p):
-    g = p.add_argument_group("filters")
-    g.add_argument("-Fo", "--operation", dest="filter_op", metavar="VAL",
-                   help="runs whose operation contains VAL")
-    g.add_argument("-Fl", "--label", dest="filter_label", metavar="VAL",
-                   help="runs whose label contains VAL")
-    g.add_argument("-Fu", "--unlabeled", action="store_true",
-                   help="runs with no label but their flags")
-    g.add_argument("-Fs", "--started", dest="filter_started",
-                   metavar="RANGE", help="runs started in RANGE: today, "
-                   "'last 2 hours', 'after 2026-11-01', 'between 9:00 and "
-                   "12:00' ...")
-    for name in STATUS_FILTERS:
-        g.add_argument("-S" + name[0], "--" + name, action="store_true",
-                       dest="status_" + name, help="%s runs" % name)
-    g.add_argument("--batch", metavar="RUN", help="the trials of batch RUN")
-
-
-def _add_runs_args(p, verb, func, default="all"):
-    p.add_argument("runs", nargs="*", metavar="RUN",
-                   help="runs to %s (default: %s)" % (verb, default))
-    p.add_argument("-y", "--yes", action="store_true",
-                   help="do not ask for confirmation")
-    _add_filter_args(p)
-    p.set_defaults(func=func)
-    return p
-
-
-def _build_run_parser(p):
-    p.description = ("Run a script as a tracked run, stage it, or start or "
-                     "restart a run.")
-    p.add_argument("opspec", nargs="?", metavar="OP",
-                   help="a script (NAME.py) or 'queue'")
-    p.add_argument("flags", nargs="*", metavar="FLAG=VAL",
-                   help="flag values; a list [a,b] or a range makes a "
-                   "batch; @FILE.csv or @FILE.json lists trials")
-    p.add_argument("-y", "--yes", action="store_true",
-                   help="do not ask for confirmation")
-    p.add_argument("-l", "--label", help="the run's label; ${flag} is "
-                   "replaced by the flag's value")
-    p.add_argument("--stage", action="store_true",
-                   help="stage the run to start later")
-    p.add_argument("--start", metavar="RUN", help="start a staged run")
-    p.add_argument("--restart", metavar="RUN", help="run a run again")
-    p.add_argument("--run-dir", metavar="DIR",
-                   help="use DIR as the run directory")
-    p.add_argument("--stage-trials", action="store_true",
-                   help="stage a batch's trials instead of running them")
-    p.add_argument("-o", "--optimizer", metavar="NAME",
-                   help="run as a batch: + (grid search, the default for "
-                   "lists) or random (the default for ranges)")
-    p.add_argument("-m", "--max-trials", type=int, metavar="N",
-                   help="at most N trials (random search: N, default %d)"
-                   % DEFAULT_MAX_TRIALS)
-    p.add_argument("--random-seed", type=int, metavar="N",
-                   help="seed for random search and --max-trials")
-    p.add_argument("--print-trials", action="store_true",
-                   help="show the trials a batch would run, run nothing")
-    p.add_argument("--fail-on-trial-error", action="store_true",
-                   help="stop a batch at its first failed trial")
-    p.add_argument("--gpus", metavar="IDS",
-                   help="GPU ids to use (sets CUDA_VISIBLE_DEVICES)")
-    p.add_argument("--force-flags", action="store_true",
-                   help="accept flags the operation does not define")
-    p.add_argument("--help-op", action="store_true",
-                   help="show the operation's flags and exit")
-    p.add_argument("-q", "--quiet", action="store_true",
-                   help="do not show the run's output")
-    p.set_defaults(func=_cmd_run)
-
-
-def _add_list_args(p):
-    p.add_argument("-a", "--all", action="store_true", help="show all runs")
-    p.add_argument("-n", type=int, metavar="N",
-                   help="show the first N runs (default %d)"
-                   % DEFAULT_LIST_LIMIT)
-    p.add_argument("-d", "--deleted", action="store_true",
-                   help="list the deleted runs (the trash)")
-    _add_filter_args(p)
-
-
-def _build_runs_parser(p):
-    p.description = ("List runs (the default), show one, stop, delete, "
-                     "restore or purge some. RUN is an index from the "
-                     "listing (1 is the newest), an id or an id prefix.")
-    _add_list_args(p)
-    p.set_defaults(func=_cmd_runs_list)
-    runs_sub = p.add_subparsers(dest="runs_cmd", metavar="COMMAND")
-    lp = runs_sub.add_parser("list", help="list runs (newest first)")
-    _add_list_args(lp)
-    lp.set_defaults(func=_cmd_runs_list)
-    ip = runs_sub.add_parser("info", help="show a run's attributes")
-    ip.add_argument("run", nargs="?", metavar="RUN",
-                    help="the run (default: the newest)")
-    ip.add_argument("--scalar-stats", action="store_true",
-                    help="show each scalar's min, max and count too")
-    _add_filter_args(ip)
-    ip.set_defaults(func=_cmd_runs_info)
-    _add_runs_args(runs_sub.add_parser("stop", help="stop running runs"),
-                   "stop", _cmd_stop, "every running run")
-    for name in ("delete", "rm"):
-        dp = _add_runs_args(runs_sub.add_parser(
-            name, help="delete runs (to the trash)"), "delete",
-            _cmd_runs_delete)
-        dp.add_argument("-p", "--permanent", action="store_true",
-                        help="delete for good, not to the trash")
-    _add_runs_args(runs_sub.add_parser(
-        "restore", help="bring deleted runs back from the trash"),
-        "restore", _cmd_runs_restore, "every deleted run")
-    _add_runs_args(runs_sub.add_parser(
-        "purge", help="delete runs in the trash for good"), "purge",
-        _cmd_runs_purge, "every deleted run")
-
-
-def _build_stop_parser(p):
-    p.description = ("Stop running runs: a script's process group gets "
-                     "SIGTERM and its run ends terminated; stopping a queue "
-                     "stops its run, then the queue.")
-    _add_runs_args(p, "stop", _cmd_stop, "every running run")
-
-
-def _build_label_parser(p):
-    p.description = ("Change the labels of runs. ${flag} in VAL is replaced "
-                     "by each run's flag value.")
-    _add_runs_args(p, "label", _cmd_label)
-    g = p.add_argument_group("changes (give one)")
-    g.add_argument("-s", "--set", metavar="VAL", help="set the label")
-    g.add_argument("-a", "--append", metavar="VAL", help="add VAL at the "
-                   "end")
-    g.add_argument("-P", "--prepend", metavar="VAL", help="add VAL at the "
-                   "start")
-    g.add_argument("-r", "--remove", metavar="VAL", help="remove VAL")
-    g.add_argument("-c", "--clear", action="store_true",
-                   help="clear the label")
-
-
-def _build_compare_parser(p):
-    p.description = ("A table of runs: run, operation, started, time, "
-                     "status, label, each flag and the last value of each "
-                     "scalar (output lines such as 'loss: 0.31').")
-    p.add_argument("runs", nargs="*", metavar="RUN",
-                   help="runs to compare (default: all)")
-    p.add_argument("--csv", metavar="PATH",
-                   help="write CSV to PATH (- for standard output)")
-    p.add_argument("-cc", "--strict-cols", metavar="COLS",
-                   help="show only these comma-separated columns")
-    p.add_argument("--min", metavar="COL", help="sort by COL, lowest first")
-    p.add_argument("--max", metavar="COL",
-                   help="sort by COL, highest first")
-    p.add_argument("-n", "--top", type=int, metavar="N",
-                   help="show the first N runs")
-    _add_filter_args(p)
-    p.set_defaults(func=_cmd_compare)
-
-
-def _build_ls_parser(p):
-    p.description = "List the files of a run."
-    p.add_argument("run", nargs="?", metavar="RUN",
-                   help="the run (default: the newest)")
-    p.add_argument("-a", "--all", action="store_true",
-                   help="include guild.py's own files in .guild")
-    p.set_defaults(func=_cmd_ls)
-
-
-def _build_cat_parser(p):
-    p.description = "Print a run's output or one of its files."
-    p.add_argument("run", nargs="?", metavar="RUN",
-                   help="the run (default: the newest)")
-    p.add_argument("--output", action="store_true", help="show the output")
-    p.add_argument("-p", "--path", help="show file PATH of the run")
-    p.set_defaults(func=_cmd_cat)
-
-
-# The commands: name, help, and the function that builds its parser.
-COMMANDS = [
-    ("run", "run an operation", _build_run_parser),
-    ("runs", "list, show, stop, delete or restore runs", _build_runs_parser),
-    ("stop", "stop running runs", _build_stop_parser),
-    ("label", "set or change run labels", _build_label_parser),
-    ("compare", "compare runs by flags and scalars", _build_compare_parser),
-    ("ls", "list a run's files", _build_ls_parser),
-    ("cat", "show a run's output or a file", _build_cat_parser),
-]
-
-
 def _parser(argv=()):
-    """The argument parser; if argv names a command, only that command's
-    parser is built (building them all costs more than a run's own work)."""
+    """The argument parser; only the commands argv names get their
+    arguments (building them all costs more than a run's own work)."""
     p = _ArgumentParser(prog=PROG, description="Track experiments: run "
                         "scripts as runs, batches of trials and queues.")
     p.add_argument("--version", action="version",
                    version="guild.py %s" % __version__)
     p.add_argument("-H", "--guild-home", metavar="PATH",
                    help="the run store (default: GUILD_HOME or ~/.guild)")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND",
-                           parser_class=_ArgumentParser)
     words = [w for i, w in enumerate(argv) if not w.startswith("-") and
              (i == 0 or argv[i - 1] not in ("-H", "--guild-home"))]
-    named = [c for c in COMMANDS if words[:1] == [c[0]]]
-    for name, help_text, build in named or COMMANDS:  # all for help, errors
-        cmd = sub.add_parser(name, help=help_text)
-        if named:
-            build(cmd)
+    _add_commands(p, "", words)
     return p
+
+
+def _add_commands(p, parent, words):
+    """Add parent's sub-commands to parser p; the one words[0] names gets
+    its arguments (and its own sub-commands, from words[1:])."""
+    children = sorted((c for c in COMMANDS.values() if c.parent == parent),
+                      key=lambda c: c.word)
+    if not children:
+        return
+    sub = p.add_subparsers(dest="%scommand" % parent.replace(" ", "_"),
+                           metavar="COMMAND")
+    for cmd in children:
+        cp = sub.add_parser(cmd.word, help=cmd.help,
+                            aliases=list(cmd.aliases))
+        if words[:1] == [cmd.word] or words[:1] and words[0] in cmd.aliases:
+            cmd.add_args(cp)
+            cp.set_defaults(func=cmd.func)
+            _add_commands(cp, cmd.name, words[1:])
 
 
 def _take_extra_flags(args, extra):

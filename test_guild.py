@@ -917,18 +917,30 @@ class RunTest(GuildTestCase):
             self.assertIn(line + "\n", out)
 
     def test_help_and_version(self):
-        commands = [[name] for name, _help, _build in guild.COMMANDS] + [
-            ["runs", sub] for sub in ("list", "info", "stop", "delete",
-                                      "rm", "restore", "purge")]
-        self.assertEqual(len(commands), 14)
-        for args in [[]] + commands:
-            args = args + ["--help"]
+        typed = [(cmd.name.split(), cmd.name) for cmd in
+                 guild.COMMANDS.values()]
+        typed += [(cmd.name.split()[:-1] + [alias], cmd.name) for cmd in
+                  guild.COMMANDS.values() for alias in cmd.aliases]
+        self.assertIn((["runs", "rm"], "runs delete"), typed)
+        for args, name in [([], "")] + typed:
             with self.subTest(args=args):
-                code, out = self.guild(*args)
+                code, out = self.guild(*args + ["--help"])
                 self.assertEqual(code, 0)
-                self.assertIn("usage: guild", out)
+                self.assertIn("usage: guild %s" % name, out)
+                # each command's help line shows in its parent's help
+                if args:
+                    parent = self.guild(*args[:-1] + ["--help"])[1]
+                    self.assertRegex(parent, r"\n +(\S+ \()?%s\b"
+                                     % args[-1])
         self.assertEqual(self.guild("--version"),
                          (0, "guild.py %s\n" % guild.__version__))
+
+    def test_options_are_never_abbreviated(self):
+        # argparse took `--al` for `--all` and `-c` for `--clear`.
+        self.assertGuildError(self.guild("runs", "--al"),
+                              "unrecognized arguments: --al")
+        self.assertGuildError(self.guild("compare", "--cs", "-"),
+                              "unrecognized arguments: --cs")
 
     def test_script_process_starts_and_ends_as_an_interpreter(self):
         # Linux forks the guild process for a script; GUILD_NO_FORK=1
