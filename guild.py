@@ -1872,17 +1872,44 @@ def _run_for_dir(run_dir):
     return Run(os.path.basename(run_dir), run_dir)
 
 
+_INDEX_RANGE_RE = re.compile(r"^(\d*):(\d*)$")
+
+
 def select_runs(specs, runs):
-    """Select runs by listing index (1 is newest), id or id prefix."""
+    """Select runs by listing index (1 is newest), index range (`1:3` is
+    the three newest, `:5`, `2:`, `:` every run), id or id prefix."""
     selected = []
     for spec in specs:
-        run = _select_one(spec, runs)
-        if run not in selected:
-            selected.append(run)
+        in_range = _select_range(spec, runs)
+        for run in [_select_one(spec, runs)] if in_range is None \
+                else in_range:
+            if run not in selected:
+                selected.append(run)
     return selected
 
 
+def _select_range(spec, runs):
+    """The runs an index range START:END selects (both ends included,
+    either may be left out); None if spec is not a range."""
+    m = _INDEX_RANGE_RE.match(spec)
+    if not m:
+        return None
+    start = int(m.group(1) or 1)
+    end = int(m.group(2) or len(runs))
+    if start < 1:
+        raise RunError("invalid range '%s': indexes start at 1" % spec)
+    return runs[start - 1:end]
+
+
 def _select_one(spec, runs):
+    """The one run spec (an index, a range of one, an id or prefix, or
+    a run directory) selects."""
+    in_range = _select_range(spec, runs)
+    if in_range is not None and len(in_range) != 1:
+        raise RunError("'%s' matches %d runs: give one run" % (
+            spec, len(in_range)))
+    if in_range:
+        return in_range[0]
     if spec.isdigit() and 1 <= int(spec) <= len(runs):
         return runs[int(spec) - 1]
     if os.path.sep in spec or (IS_WINDOWS and "/" in spec):
@@ -3222,11 +3249,13 @@ def _filter_from_args(args, summaries):
                      statuses, args.filter_started, batch)
 
 
-def _select_or_all(args, deleted=False):
+def _select_or_all(args, deleted=False, latest=False):
     """(summaries, selected runs): RUN args among the filtered listing,
-    or every run in it."""
+    or without them every run in it (only the newest if latest)."""
     summaries, runs = _listing(args, deleted)
-    return summaries, (select_runs(args.runs, runs) if args.runs else runs)
+    if args.runs:
+        return summaries, select_runs(args.runs, runs)
+    return summaries, runs[:1] if latest else runs
 
 
 def _summary_rows(summaries, selected=None):
@@ -3261,10 +3290,10 @@ def _confirm_runs(args, verb, summaries, selected):
         raise GuildError("aborted")
 
 
-def _runs_to_act_on(args, verb, deleted=False, keep=None):
+def _runs_to_act_on(args, verb, deleted=False, keep=None, latest=False):
     """The runs a command acts on (RUN args or filters, narrowed by keep),
     confirmed by the user; None, after saying so, if there are none."""
-    summaries, selected = _select_or_all(args, deleted)
+    summaries, selected = _select_or_all(args, deleted, latest)
     if keep is not None:
         selected = [run for run in selected if keep(run)]
     if not selected:
@@ -3274,10 +3303,10 @@ def _runs_to_act_on(args, verb, deleted=False, keep=None):
     return selected
 
 
-def _act_on_runs(args, verb, done, action, deleted=False):
+def _act_on_runs(args, verb, done, action, deleted=False, latest=False):
     """Apply action to each selected run (after asking), then say how
     many: `Restored 2 run(s)`."""
-    selected = _runs_to_act_on(args, verb, deleted)
+    selected = _runs_to_act_on(args, verb, deleted, latest=latest)
     if not selected:
         return 0
     for run in selected:
@@ -3555,13 +3584,15 @@ def _build_stop_parser(p):
     p.description = ("Stop running runs: a script's process group gets "
                      "SIGTERM and its run ends terminated; stopping a queue "
                      "stops its run, then the queue.")
-    _add_runs_args(p, "stop", "every running run")
+    _add_runs_args(p, "stop", "the newest running run; ':' for all")
 
 
 @_command("stop", "stop running runs", _build_stop_parser)
 @_command("runs stop", "stop running runs", _build_stop_parser)
 def _cmd_stop(args):
-    running = _runs_to_act_on(args, "stop",
+    if not args.runs:  # the newest *running* run, as in Guild AI
+        args.status_running = True
+    running = _runs_to_act_on(args, "stop", latest=True,
                               keep=lambda run: run.status == "running")
     if not running:
         return 0
@@ -3638,15 +3669,17 @@ def _cmd_runs_purge(args):
 
 def _build_label_parser(p):
     p.description = ("Change the labels of runs. ${flag} in VAL is replaced "
-                     "by each run's flag value.")
-    _add_runs_args(p, "label")
+                     "by each run's flag value, ${label} by its label.")
+    _add_runs_args(p, "label", "the newest; ':' for all")
     g = p.add_argument_group("changes (give one)")
     g.add_argument("-s", "--set", metavar="VAL", help="set the label")
     g.add_argument("-a", "--append", metavar="VAL", help="add VAL at the "
                    "end")
-    g.add_argument("-P", "--prepend", metavar="VAL", help="add VAL at the "
-                   "start")
-    g.add_argument("-r", "--remove", metavar="VAL", help="remove VAL")
+    g.add_argument("-p", "--prepend", "--tag", metavar="VAL",
+                   help="add VAL at the start")
+    g.add_argument("-rm", "--remove", "--untag", metavar="VAL",
+                   action="append", help="remove the word(s) VAL (may be "
+                   "repeated)")
     g.add_argument("-c", "--clear", action="store_true",
                    help="clear the label")
 
@@ -3664,20 +3697,25 @@ def _cmd_label(args):
     def relabel(run):
         attrs = run._attrs()
         label = attrs.get("label") or ""
-        value = render_label(text, attrs.get("flags") or {}) if text else ""
-        if change == "set":
-            label = value
-        elif change == "append":
-            label = ("%s %s" % (label, value)).strip()
-        elif change == "prepend":
-            label = ("%s %s" % (value, label)).strip()
-        elif change == "remove":
-            label = " ".join(label.replace(value, " ").split())
-        else:
+        if change == "remove":
+            label = _remove_words(label, text)
+        elif change == "clear":
             label = ""
+        else:
+            value = render_label(text.replace("${label}", label),
+                                 attrs.get("flags") or {})
+            label = {"set": value, "append": "%s %s" % (label, value),
+                     "prepend": "%s %s" % (value, label)}[change].strip()
         attrs["label"] = label
         _write_json(run.guild_path(RUN_ATTRS), attrs)
-    return _act_on_runs(args, "label", "Labeled", relabel)
+    return _act_on_runs(args, "label", "Labeled", relabel, latest=True)
+
+
+def _remove_words(label, parts):
+    """label without each part that stands as whole words in it."""
+    for part in parts:
+        label = re.sub(r"(^|\s)%s(?=\s|$)" % re.escape(part), " ", label)
+    return " ".join(label.split())
 
 
 def _build_compare_parser(p):

@@ -628,6 +628,21 @@ class SelectTest(GuildTestCase):
         with self.assertRaisesRegex(guild.RunError, "could not find"):
             guild.select_runs(["9"], self.runs())
 
+    def test_index_ranges(self):
+        runs = self.runs()
+        ids = lambda specs: [r.id for r in guild.select_runs(specs, runs)]
+        self.assertEqual(ids(["1:2"]), [runs[0].id, runs[1].id])
+        self.assertEqual(ids([":2"]), ids(["1:2"]))
+        self.assertEqual(ids(["2:"]), [runs[1].id, runs[2].id])
+        self.assertEqual(ids([":"]), [r.id for r in runs])
+        self.assertEqual(ids(["3", "2:"]), [runs[2].id, runs[1].id])
+        self.assertEqual(ids(["4:"]), [])
+        self.assertEqual(guild._select_one("2:2", runs), runs[1])
+        with self.assertRaisesRegex(guild.RunError, "'1:3' matches 3 runs"):
+            guild._select_one("1:3", runs)
+        with self.assertRaisesRegex(guild.RunError, "indexes start at 1"):
+            guild.select_runs(["0:2"], runs)
+
     def test_cli_errors(self):
         self.assertGuildError(self.guild("runs", "info", "aaaa"),
                               "'aaaa' matches 2 runs")
@@ -1557,6 +1572,19 @@ class StopTest(GuildTestCase):
         self.assertEqual(self.runs()[0].status, "terminated")
         self.assertEqual(self.guild("stop", "-y"), (0, "Nothing to stop\n"))
 
+    def test_stop_without_run_stops_the_newest_running_run_only(self):
+        self.copy_sample("sleep.py")
+        first = self.start_sleep("sleep.py")
+        second = self.start_sleep("sleep.py")
+        self.guild("run", "sleep.py", "--stage", "-y")  # newest, not running
+        code, out = self.guild("stop", "-y")
+        self.assertEqual(second.wait(timeout=30), 128 + signal.SIGTERM)
+        self.assertEqual([r.status for r in self.runs()],
+                         ["staged", "terminated", "running"])
+        self.guild("stop", ":", "-y")
+        first.wait(timeout=30)
+        self.assertEqual(self.runs()[2].status, "terminated")
+
     def test_stop_queue_stops_its_run_then_the_queue(self):
         self.copy_sample("sleep.py")
         self.guild("run", "sleep.py", "--stage", "-y")
@@ -1746,6 +1774,42 @@ class TrashTest(GuildTestCase):
                                "fast,lr,epochs,name,seed")
         self.assertEqual(out.splitlines()[1].split(",")[1:],
                          ["True", "0.5", "2", "base", ""])
+
+
+class LabelTest(GuildTestCase):
+    def setUp(self):
+        super().setUp()
+        for x in range(1, 5):  # run 1 (the newest) has x=4
+            guild._init_run(path(self.home, "runs", guild.mkid()),
+                            {"op": {"kind": "script", "name": "t.py"},
+                             "flags": {"x": x}, "label": "x=%d" % x},
+                            staged=True)
+
+    def labels(self):
+        return [r.get("label") for r in self.runs()]
+
+    def test_no_run_labels_the_newest_only(self):
+        # Guild AI's `label -s X -y` labels the latest run, never all.
+        self.assertEqual(self.guild("label", "-s", "best", "-y"),
+                         (0, "Labeled 1 run(s)\n"))
+        self.assertEqual(self.labels(), ["best", "x=3", "x=2", "x=1"])
+        self.guild("label", "-s", "old", "-Fl", "x=", "-y")
+        self.assertEqual(self.labels(), ["best", "old", "x=2", "x=1"])
+
+    def test_ranges_and_guild_options(self):
+        self.guild("label", "2:3", "-p", "a", "-y")
+        self.guild("label", ":", "--append", "z ${x} (${label})", "-y")
+        self.assertEqual(self.labels(), [
+            "x=4 z 4 (x=4)", "a x=3 z 3 (a x=3)", "a x=2 z 2 (a x=2)",
+            "x=1 z 1 (x=1)"])
+        self.guild("label", ":", "-rm", "a", "-rm", "z", "-y")
+        self.assertEqual(self.labels()[1], "x=3 3 (a x=3)")
+        self.guild("label", "1", "-c", "-y")
+        self.assertEqual(self.labels()[0], "")
+        self.assertGuildError(self.guild("label", "-s", "a", "-p", "b"),
+                              "give one of --set")
+        self.assertGuildError(self.guild("label", "0:", "-c", "-y"),
+                              "indexes start at 1")
 
 
 # ---------------------------------------------------------------------------
