@@ -35,10 +35,11 @@ file): copy this file freely, keep this notice.
 #  10. Batches and trials
 #  11. The queue
 #  12. Results: compare
-#  13. Python API
-#  14. Command line
-#  15. Compatibility namespaces
-#  16. Script entry
+#  13. The web view
+#  14. Python API
+#  15. Command line
+#  16. Compatibility namespaces
+#  17. Script entry
 
 __version__ = "0.1.0"
 
@@ -345,6 +346,10 @@ class OpError(GuildError):
 
 class LockTimeout(GuildError):
     """A lock that could not be acquired in time."""
+
+
+class ViewError(GuildError):
+    """The web view cannot serve, or a URL it cannot answer."""
 
 
 class _StopRequested(KeyboardInterrupt):
@@ -1300,6 +1305,10 @@ def _op_desc(attrs):
     return op.get("name", "?")
 
 
+STATUS_FILTERS = ("staged", "pending", "running", "completed", "error",
+                  "terminated")
+
+
 def run_status(run_dir):
     """Derive a run's status from the files in its .guild directory.
 
@@ -1342,6 +1351,33 @@ def _status_reason(run):
     if proc is None and run.status == "error":
         return "it was never started"
     return ""
+
+
+def _run_info_items(run):
+    """A run's attributes as (name, text) pairs, as `runs info` shows
+    them: id, operation, status, why (if unrecorded), times, label ..."""
+    attrs = run._attrs()
+    proc = _read_json(run.guild_path(PROC_ATTRS)) or {}
+    exit_attrs = _read_json(run.guild_path(EXIT_ATTRS)) or {}
+    items = [("id", run.id), ("operation", _op_desc(attrs)),
+             ("from", attrs.get("project") or ""), ("status", run.status)]
+    reason = _status_reason(run)
+    if reason:
+        items.append(("reason", reason))
+    items += [
+        ("started", _format_time(proc.get("started"))),
+        ("stopped", _format_time(exit_attrs.get("stopped"))),
+        ("label", attrs.get("label") or ""),
+        ("run_dir", run.dir),
+        ("command", " ".join(proc.get("command") or [])),
+        ("exit_status", "" if exit_attrs.get("exit_status") is None
+         else str(exit_attrs["exit_status"])),
+        ("pid", str(proc.get("pid") or "")),
+        ("host", proc.get("host") or ""),
+    ]
+    if attrs.get("batch"):
+        items.append(("batch", attrs["batch"]))
+    return items
 
 
 def set_run_pending(run):
@@ -1452,6 +1488,11 @@ def scalar_stats(records):
         if val > s["max"] or s["max"] != s["max"]:
             s["max"] = val
     return stats
+
+
+def _num(x):
+    """A scalar value as listings show it."""
+    return "%.6g" % x
 
 
 def _last_scalars(run_dir):
@@ -2930,6 +2971,14 @@ def _sort_rows(rows, column, descending):
     return present + [r for r in rows if missing(r)]
 
 
+def _write_compare_csv(out, columns, rows):
+    """Write compare's columns and rows to stream out as CSV."""
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    for r in rows:
+        writer.writerow([_csv_cell(r.get(c)) for c in columns])
+
+
 def _csv_cell(val):
     if val is None:
         return ""
@@ -2972,7 +3021,941 @@ def _progress(text, started):
 
 
 # ---------------------------------------------------------------------------
-## 13. Python API
+## 13. The web view
+# ---------------------------------------------------------------------------
+#
+# `guild view` serves the store read-only over HTTP: pages rendered on the
+# server (readable without JavaScript; plots are SVG), a little JavaScript
+# that refreshes what is live, and the JSON the pages are built from. Only
+# GET and HEAD; only files inside the directory of a run in the view.
+
+VIEW_PAGE_ROWS = 100  # runs on one page of the listing
+VIEW_OUTPUT_TAIL = 64 * 1024  # bytes of output a run page starts with
+VIEW_OUTPUT_CHUNK = 1 << 20  # most bytes of output one poll returns
+VIEW_MAX_FILES = 1000  # files listed on a run page
+VIEW_POLL_MS = 2000
+VIEW_PLOT_SIZE = (560, 240)
+_VIEW_MARGIN = (64, 12, 12, 34)  # left, right, top, bottom
+_VIEW_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+                "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+# Run files a browser shows: text as plain text, and these images.
+_VIEW_TEXT_TYPES = {"application/json", "application/x-sh",
+                    "application/x-yaml", "application/toml"}
+_VIEW_IMAGE_TYPES = {"image/png", "image/jpeg", "image/gif"}
+_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+_VIEW_RUN_REF_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+_VIEW_CSS = """\
+body { font: 14px/1.4 system-ui, sans-serif; margin: 0; color: #222; }
+header { background: #2b3a4a; padding: 8px 16px; }
+header a { color: #fff; font-weight: bold; text-decoration: none; }
+main { padding: 4px 16px 16px; }
+table { border-collapse: collapse; margin: 6px 0; }
+th, td { padding: 3px 8px; border-bottom: 1px solid #ddd; text-align: left;
+         vertical-align: top; }
+th a { color: inherit; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.running { color: #1565c0; } .completed { color: #2e7d32; }
+.error, .corrupt { color: #c62828; } .terminated { color: #ef6c00; }
+.staged, .pending { color: #777; }
+pre { background: #f5f5f5; padding: 8px; max-height: 32em; overflow: auto; }
+.plots { display: flex; flex-wrap: wrap; gap: 16px; }
+figure { margin: 0; } figcaption { font-weight: bold; }
+svg text { font: 11px sans-serif; fill: #444; }
+.legend span { display: inline-block; margin-right: 14px; }
+.legend i { display: inline-block; width: 12px; height: 12px;
+            margin-right: 4px; vertical-align: -1px; }
+form.filters input { width: 10em; }
+.note { color: #666; }
+"""
+
+# The runs page: fetch the same URL again and swap in its rows, keeping
+# the boxes ticked, so status, time and scalars follow the runs.
+_VIEW_RUNS_JS = """\
+function refreshRuns() {
+  fetch(location.href).then(r => r.text()).then(text => {
+    const fresh = new DOMParser().parseFromString(text, "text/html");
+    const body = document.querySelector("table.runs tbody");
+    const freshBody = fresh.querySelector("table.runs tbody");
+    if (!body || !freshBody) return;
+    const ticked = new Set(Array.from(
+      body.querySelectorAll("input:checked"), box => box.value));
+    body.innerHTML = freshBody.innerHTML;
+    body.querySelectorAll("input").forEach(
+      box => { box.checked = ticked.has(box.value); });
+  }).catch(() => {}).finally(() => setTimeout(refreshRuns, POLL_MS));
+}
+setTimeout(refreshRuns, POLL_MS);
+"""
+
+# A run page: append output as it comes while the run may still change;
+# reload once it ends, for its final scalars, plots and files.
+_VIEW_RUN_JS = """\
+function followRun() {
+  const out = document.getElementById("output");
+  const status = document.getElementById("status");
+  fetch(OUTPUT_URL + "?offset=" + out.dataset.offset).then(r => r.json())
+    .then(data => {
+      out.textContent += data.text;
+      out.dataset.offset = data.offset;
+      if (data.text) out.scrollTop = out.scrollHeight;
+      if (data.status !== status.textContent) {
+        status.textContent = data.status;
+        status.className = data.status;
+      }
+      if (LIVE.includes(data.status)) setTimeout(followRun, POLL_MS);
+      else location.reload();
+    }).catch(() => setTimeout(followRun, POLL_MS));
+}
+setTimeout(followRun, POLL_MS);
+"""
+
+_LIVE_STATUSES = ("staged", "pending", "running")
+
+
+class _NotFound(ViewError):
+    """A URL naming nothing the view serves: answered with a 404 page."""
+
+    http_status = 404
+
+
+class _BadRequest(ViewError):
+    """A URL with bad parameters: answered with a 400 page."""
+
+    http_status = 400
+
+
+class _View:
+    """What one view server serves: the runs of runs_dir that where
+    matches (only those whose ids are in only, if given). loopback says
+    requests must name a loopback host (no DNS rebinding)."""
+
+    def __init__(self, runs_dir, where=None, only=None, loopback=True):
+        self.runs_dir = os.path.abspath(runs_dir)
+        self.where = where or RunFilter()
+        self.only = only
+        self.loopback = loopback
+
+
+def _esc(text):
+    """text for HTML content or a quoted attribute."""
+    return (str(text).replace("&", "&amp;").replace("<", "&lt;")
+            .replace(">", "&gt;").replace('"', "&quot;")
+            .replace("'", "&#39;"))
+
+
+def _json_safe(val):
+    """val with nan and infinities as strings: JSON has no such numbers."""
+    if isinstance(val, float) and (val != val or val in (
+            float("inf"), float("-inf"))):
+        return repr(val)
+    if isinstance(val, dict):
+        return {k: _json_safe(v) for k, v in val.items()}
+    if isinstance(val, (list, tuple)):
+        return [_json_safe(v) for v in val]
+    return val
+
+
+def _corrupt_summary(run_id):
+    """A listing entry for a run directory whose attributes cannot be
+    read: shown, so the user sees it, with nothing else to break on."""
+    summary = dict.fromkeys(_SUMMARY_FIELDS)
+    summary.update(id=run_id, op="?", kind=None, label="", status="corrupt",
+                   flags={}, scalars={})
+    return summary
+
+
+def _sane_summary(x):
+    """x, or a corrupt entry if its attributes have the wrong types."""
+    times_ok = all(x[name] is None or isinstance(x[name], int) for name in
+                   ("created", "started", "stopped"))
+    if (isinstance(x["flags"], dict) and isinstance(x["label"], str)
+            and isinstance(x["op"], str) and times_ok):
+        return x
+    return _corrupt_summary(x["id"])
+
+
+def _view_summaries(view):
+    """The view's runs, newest first, then its corrupt run directories
+    (those with a .guild/run.json that is not a run's)."""
+    summaries = run_summaries(view.runs_dir)
+    known = {x["id"] for x in summaries}
+    try:
+        with os.scandir(view.runs_dir) as scan:
+            corrupt = sorted(
+                entry.name for entry in scan if entry.name not in known
+                and os.path.exists(os.path.join(entry.path, ".guild",
+                                                RUN_ATTRS)))
+    except OSError:
+        corrupt = []
+    listed = [_sane_summary(x) for x in summaries] + [
+        _corrupt_summary(run_id) for run_id in corrupt]
+    return [x for x in listed if view.where.matches(x) and (
+        view.only is None or x["id"] in view.only)]
+
+
+def _param(params, name, default=""):
+    values = params.get(name)
+    return values[-1] if values else default
+
+
+def _int_param(params, name, default):
+    text = _param(params, name)
+    if not text:
+        return default
+    if not text.isdigit():
+        raise _BadRequest("%s must be a whole number, not '%s'"
+                          % (name, text))
+    return int(text)
+
+
+def _page_filter(params):
+    """The RunFilter of a runs page's own filter parameters."""
+    statuses = [s for s in params.get("status", []) if s]
+    unknown = [s for s in statuses if s not in STATUS_FILTERS]
+    if unknown:
+        raise _BadRequest("unknown status '%s'" % unknown[0])
+    try:
+        return RunFilter(_param(params, "op") or None,
+                         _param(params, "label") or None,
+                         _param(params, "unlabeled") == "1", statuses,
+                         _param(params, "started") or None,
+                         _param(params, "batch") or None)
+    except UsageError as e:
+        raise _BadRequest(str(e))
+
+
+def _view_find(view, ref, summaries=None):
+    """The summary of the view's run whose id is or starts with ref."""
+    if not _VIEW_RUN_REF_RE.match(ref):
+        raise _NotFound("no run '%s'" % ref)
+    summaries = _view_summaries(view) if summaries is None else summaries
+    matches = [x for x in summaries if x["id"] == ref] or [
+        x for x in summaries if x["id"].startswith(ref)]
+    if len(matches) != 1:
+        raise _NotFound("no run '%s'" % ref if not matches else
+                        "'%s' matches %d runs" % (ref, len(matches)))
+    return matches[0]
+
+
+def _view_selected(view, params):
+    """The summaries of the runs named by `runs` parameters (repeated or
+    comma-separated), in listing order; every run in the view if none."""
+    summaries = _view_summaries(view)
+    refs = [ref for value in params.get("runs", []) for ref in
+            value.split(",") if ref]
+    if not refs:
+        return summaries
+    wanted = {_view_find(view, ref, summaries)["id"] for ref in refs}
+    return [x for x in summaries if x["id"] in wanted]
+
+
+def _view_listing(view, params):
+    """(page of (summary, compare row) pairs, total) for the runs page
+    and /api/runs: page filters, then sort, then offset and limit."""
+    where = _page_filter(params)
+    summaries = [x for x in _view_summaries(view) if where.matches(x)]
+    rows = compare_rows(summaries)[1]
+    sort = _param(params, "sort")
+    if sort:
+        by_row = {id(row): x for x, row in zip(summaries, rows)}
+        rows = _sort_rows(rows, sort, _param(params, "desc") == "1")
+        summaries = [by_row[id(row)] for row in rows]
+    offset = _int_param(params, "offset", 0)
+    limit = _int_param(params, "limit", VIEW_PAGE_ROWS)
+    return (list(zip(summaries, rows))[offset:offset + limit],
+            len(summaries))
+
+
+def _scalars_text(scalars):
+    return " ".join("%s=%s" % (k, _table_cell(k, v))
+                    for k, v in sorted(scalars.items()))
+
+
+def _listing_json(x, row):
+    return {"id": x["id"], "operation": x["op"], "started": row["started"],
+            "time": row["time"], "status": x["status"], "label": x["label"],
+            "batch": x["batch"], "flags": x["flags"],
+            "scalars": x["scalars"]}
+
+
+# Pages ------------------------------------------------------------------
+
+
+def _html_page(title, body, script=""):
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width\">"
+            "<title>%s - guild view</title><style>%s</style></head><body>"
+            "<header><a href=\"/\">guild view</a></header><main>%s</main>%s"
+            "</body></html>\n" % (
+                _esc(title), _VIEW_CSS, body,
+                "<script>%s</script>" % script if script else ""))
+
+
+def _query(params, **changes):
+    """A query string: params with changes (None removes a name)."""
+    from urllib.parse import urlencode
+    merged = {k: v for k, v in params.items() if k not in changes}
+    merged.update({k: [str(v)] for k, v in changes.items()
+                   if v is not None})
+    text = urlencode(merged, doseq=True)
+    return "?" + text if text else "?"
+
+
+def _status_cell(status):
+    return "<span class=\"%s\">%s</span>" % (_esc(status), _esc(status))
+
+
+def _runs_page(view, params):
+    page, total = _view_listing(view, params)
+    sort, desc = _param(params, "sort"), _param(params, "desc") == "1"
+    heads = []
+    for col in COMPARE_BASE_COLS + ("flags", "scalars"):
+        if col in ("flags", "scalars"):
+            heads.append("<th>%s</th>" % col)
+            continue
+        flip = "1" if col == sort and not desc else None
+        mark = (" &#9660;" if desc else " &#9650;") if col == sort else ""
+        heads.append("<th><a href=\"%s\">%s</a>%s</th>" % (
+            _esc(_query(params, sort=col, desc=flip, offset=None)), col,
+            mark))
+    rows = []
+    for x, row in page:
+        rows.append(
+            "<tr id=\"run-%s\"><td><input type=\"checkbox\" name=\"runs\" "
+            "value=\"%s\" aria-label=\"select\"></td>"
+            "<td class=\"run\"><a href=\"/runs/%s\">%s</a></td>"
+            "<td class=\"operation\">%s</td><td class=\"started\">%s</td>"
+            "<td class=\"time num\">%s</td><td class=\"status\">%s</td>"
+            "<td class=\"label\">%s</td><td class=\"flags\">%s</td>"
+            "<td class=\"scalars\">%s</td></tr>" % (
+                x["id"], x["id"], x["id"], row["run"], _esc(x["op"]),
+                _esc(row["started"] or ""),
+                _table_cell("time", row["time"]), _status_cell(x["status"]),
+                _esc(x["label"]), _esc(format_flags(x["flags"])),
+                _esc(_scalars_text(x["scalars"]))))
+    offset = _int_param(params, "offset", 0)
+    limit = _int_param(params, "limit", VIEW_PAGE_ROWS)
+    pages = "%d runs" % total
+    if total > len(page):
+        pages = "runs %d-%d of %d" % (offset + 1, offset + len(page), total)
+        if offset > 0:
+            pages += " <a rel=\"prev\" href=\"%s\">previous</a>" % _esc(
+                _query(params, offset=max(offset - limit, 0) or None))
+        if offset + limit < total:
+            pages += " <a rel=\"next\" href=\"%s\">next</a>" % _esc(
+                _query(params, offset=offset + limit))
+    status_opts = "".join(
+        "<option%s>%s</option>" % (
+            " selected" if s in params.get("status", []) else "", s)
+        for s in ("",) + STATUS_FILTERS)
+    body = (
+        "<h1>Runs</h1><form class=\"filters\" method=\"get\" action=\"/\">"
+        "operation <input name=\"op\" value=\"%s\"> label <input "
+        "name=\"label\" value=\"%s\"> started <input name=\"started\" "
+        "value=\"%s\" placeholder=\"last 2 hours\"> status <select "
+        "name=\"status\">%s</select> <button>Filter</button></form>"
+        "<form method=\"get\" action=\"/compare\"><p><span class=\"count\">"
+        "%s</span> <button>Compare selected</button></p>"
+        "<table class=\"runs\"><thead><tr><th></th>%s</tr></thead>"
+        "<tbody>%s</tbody></table></form>" % (
+            _esc(_param(params, "op")), _esc(_param(params, "label")),
+            _esc(_param(params, "started")), status_opts, pages,
+            "".join(heads), "".join(rows)))
+    return _html_page("Runs", body, "const POLL_MS = %d;\n%s" % (
+        VIEW_POLL_MS, _VIEW_RUNS_JS))
+
+
+def _run_files(run_dir, source_files):
+    """[(path, size, is source)] of a run's files, .guild left out."""
+    files = []
+    for root, dirs, names in os.walk(run_dir):
+        dirs.sort()
+        if root == run_dir:
+            dirs[:] = [d for d in dirs if d != ".guild"]
+        for name in sorted(names):
+            full = os.path.join(root, name)
+            rel = os.path.relpath(full, run_dir).replace(os.sep, "/")
+            try:
+                size = os.path.getsize(full)
+            except OSError:
+                continue
+            files.append((rel, size, rel in source_files))
+            if len(files) >= VIEW_MAX_FILES:
+                return files
+    return files
+
+
+def _scalar_series(run_dir):
+    """{key: [(step, value)]} of a run's scalars, in order."""
+    series = {}
+    for key, val, step, _ts in read_scalars(run_dir):
+        series.setdefault(key, []).append((step, val))
+    return series
+
+
+def _read_output(run, offset, limit):
+    """(text, end offset) of a run's output from offset, at most limit
+    bytes; a negative offset counts from the end."""
+    try:
+        with open(run.guild_path(OUTPUT_FILE), "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            start = max(size + offset, 0) if offset < 0 else min(offset,
+                                                                 size)
+            f.seek(start)
+            data = f.read(limit)
+    except OSError:
+        return "", 0
+    return data.decode("utf-8", "replace"), start + len(data)
+
+
+def _run_page(view, ref, params):
+    x = _view_find(view, ref)
+    if x["status"] == "corrupt":
+        return _html_page("Run %s" % x["id"][:SHORT_ID_LEN], (
+            "<h1>Run %s</h1><p class=\"corrupt\">This run is corrupted: "
+            "its attributes (.guild/%s) cannot be read.</p>" % (
+                x["id"], RUN_ATTRS)))
+    run = Run(x["id"], os.path.join(view.runs_dir, x["id"]))
+    items = _run_info_items(run)
+    attrs = "".join(
+        "<tr><th>%s</th><td%s>%s</td></tr>" % (
+            name, " id=\"status\" class=\"%s\"" % _esc(text)
+            if name == "status" else "",
+            "<a href=\"/runs/%s\">%s</a>" % (_esc(text), _esc(text))
+            if name == "batch" else _esc(text))
+        for name, text in items)
+    flags = "".join("<tr><th>%s</th><td>%s</td></tr>" % (
+        _esc(n), _esc(encode_flag_val(v))) for n, v in sorted(
+            run.flags.items()))
+    series = _scalar_series(run.dir)
+    stats = scalar_stats(read_scalars(run.dir))
+    scalars = "".join(
+        "<tr><th>%s</th>%s<td class=\"num\">%s</td><td class=\"num\">%d"
+        "</td></tr>" % (_esc(key), "".join(
+            "<td class=\"num\">%s</td>" % _num(st[k])
+            for k in ("last", "min", "max")), st["step"], st["count"])
+        for key, st in sorted(stats.items()))
+    log_y = _param(params, "log") == "1"
+    plots = _plots_html([{"run": run.id, "name": run.short_id,
+                          "color": _VIEW_COLORS[0], "series": series}],
+                        log_y, params)
+    text, end = _read_output(run, -VIEW_OUTPUT_TAIL, VIEW_OUTPUT_TAIL)
+    source = set(run.get("sourcecode") or ())
+    files = "".join(
+        "<tr><td><a href=\"/runs/%s/files/%s\">%s</a></td><td class=\"num\">"
+        "%d</td><td>%s</td></tr>" % (run.id, _esc(_quote_path(rel)),
+                                     _esc(rel), size,
+                                     "source" if is_source else "")
+        for rel, size, is_source in _run_files(run.dir, source))
+    trials = ""
+    if x["kind"] == "batch":
+        ids = [t["id"] for t in _view_summaries(view)
+               if t["batch"] == run.id]
+        trials = "<h2>Trials</h2><p>%d trials: <a href=\"/compare?runs=%s\">" \
+                 "compare them</a></p>" % (len(ids), ",".join(
+                     i[:SHORT_ID_LEN] for i in ids))
+    body = (
+        "<h1>%s <small>%s</small></h1><table class=\"attrs\">%s</table>"
+        "<h2>Flags</h2><table class=\"flags\">%s</table>%s"
+        "<h2>Scalars</h2><table class=\"scalars\"><tr><th>key</th>"
+        "<th>last</th><th>min</th><th>max</th><th>step</th><th>count</th>"
+        "</tr>%s</table>%s<h2>Output</h2><pre id=\"output\" "
+        "data-offset=\"%d\">%s</pre><h2>Files</h2><table class=\"files\">"
+        "%s</table>" % (
+            _esc(run.op_desc), run.short_id, attrs, flags, trials, scalars,
+            plots, end, _esc(text), files))
+    script = ""
+    if x["status"] in _LIVE_STATUSES:
+        script = "const POLL_MS = %d, LIVE = %s, OUTPUT_URL = \"%s\";\n%s" % (
+            VIEW_POLL_MS, json.dumps(list(_LIVE_STATUSES)),
+            "/api/runs/%s/output" % run.id, _VIEW_RUN_JS)
+    return _html_page("%s %s" % (run.op_desc, run.short_id), body, script)
+
+
+def _quote_path(rel):
+    from urllib.parse import quote
+    return quote(rel)
+
+
+# Plots ------------------------------------------------------------------
+
+
+def _nice_ticks(low, high, count=5):
+    """About count round numbers from low to high."""
+    span = high - low
+    raw = span / count
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 5, 10)
+                if m * magnitude >= raw)
+    first = math.ceil(low / step) * step
+    ticks = []
+    tick = first
+    while tick <= high + step * 1e-9:
+        ticks.append(0.0 if abs(tick) < step * 1e-9 else tick)
+        tick = first + len(ticks) * step
+    return ticks
+
+
+def _thin(points, to_px):
+    """points with at most two per pixel column, its lowest and highest
+    in their order, so a curve of 10,000 steps keeps its shape."""
+    if len(points) <= 4 * VIEW_PLOT_SIZE[0]:
+        return points
+    kept, column, low, high = [], None, 0, 0
+    for i, (x, y) in enumerate(points):
+        px = int(to_px(x))
+        if px != column:
+            if column is not None:
+                kept += [points[j] for j in sorted({low, high})]
+            column, low, high = px, i, i
+        elif y < points[low][1]:
+            low = i
+        elif y > points[high][1]:
+            high = i
+    kept += [points[j] for j in sorted({low, high})]
+    return kept
+
+
+def _finite(val):
+    return (isinstance(val, (int, float)) and not isinstance(val, bool)
+            and val == val and val not in (float("inf"), float("-inf")))
+
+
+def _tick_text(val, log):
+    return "%.4g" % (10 ** val if log else val)
+
+
+def _svg_chart(series, log_x=False, log_y=False, scatter=False,
+               x_labels=None):
+    """An SVG chart of series [{"run", "name", "color", "points"}], points
+    being [(x, y)]: a line per series, or dots (a scatter). x_labels
+    {x: text} name the ticks of a category axis. What a chart cannot
+    show (nan, infinities, values <= 0 on a log axis) is left out."""
+    width, height = VIEW_PLOT_SIZE
+    left, right, top, bottom = _VIEW_MARGIN
+    drawn = []
+    for s in series:
+        points = [(math.log10(x) if log_x else x, math.log10(y) if log_y
+                   else y) for x, y in s["points"]
+                  if _finite(x) and _finite(y) and (x > 0 or not log_x)
+                  and (y > 0 or not log_y)]
+        drawn.append((s, points))
+    head = ("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" "
+            "height=\"%d\" viewBox=\"0 0 %d %d\" role=\"img\">" % (
+                width, height, width, height))
+    xs = [x for _, points in drawn for x, _ in points]
+    ys = [y for _, points in drawn for _, y in points]
+    if not xs:
+        return head + ("<text x=\"%d\" y=\"%d\">no values to plot</text>"
+                       "</svg>" % (left, height // 2))
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = min(ys), max(ys)
+    pad_x = 0.5 if x_labels or x0 == x1 else (x1 - x0) * 0.03
+    pad_y = (y1 - y0) * 0.05 or abs(y0) * 0.1 or 1.0
+    x0, x1, y0, y1 = x0 - pad_x, x1 + pad_x, y0 - pad_y, y1 + pad_y
+    plot_w, plot_h = width - left - right, height - top - bottom
+
+    def px(x):
+        return left + (x - x0) / (x1 - x0) * plot_w
+
+    def py(y):
+        return top + plot_h - (y - y0) / (y1 - y0) * plot_h
+
+    parts = [head, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" "
+             "fill=\"none\" stroke=\"#999\"/>" % (left, top, plot_w, plot_h)]
+    for tick in _nice_ticks(y0, y1):
+        parts.append(
+            "<line x1=\"%d\" x2=\"%d\" y1=\"%.1f\" y2=\"%.1f\" "
+            "stroke=\"#eee\"/><text x=\"%d\" y=\"%.1f\" "
+            "text-anchor=\"end\">%s</text>" % (
+                left, left + plot_w, py(tick), py(tick), left - 4,
+                py(tick) + 4, _tick_text(tick, log_y)))
+    x_ticks = sorted(x_labels.items()) if x_labels else [
+        (tick, _tick_text(tick, log_x)) for tick in _nice_ticks(x0, x1)]
+    for tick, text in x_ticks:
+        parts.append("<text x=\"%.1f\" y=\"%d\" text-anchor=\"middle\">%s"
+                     "</text>" % (px(tick), height - bottom + 16,
+                                  _esc(text)))
+    for s, points in drawn:
+        if scatter:
+            parts += ["<circle class=\"point\" data-run=\"%s\" cx=\"%.1f\" "
+                      "cy=\"%.1f\" r=\"4\" fill=\"%s\"><title>%s</title>"
+                      "</circle>" % (s["run"], px(x), py(y), s["color"],
+                                     _esc(s["name"])) for x, y in points]
+            continue
+        shown = _thin(points, px)
+        parts.append(
+            "<polyline class=\"series\" data-run=\"%s\" data-count=\"%d\" "
+            "fill=\"none\" stroke=\"%s\" stroke-width=\"1.5\" points=\"%s\">"
+            "<title>%s</title></polyline>" % (
+                s["run"], len(points), s["color"], " ".join(
+                    "%.1f,%.1f" % (px(x), py(y)) for x, y in shown),
+                _esc(s["name"])))
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _legend_html(runs):
+    return "<p class=\"legend\">%s</p>" % "".join(
+        "<span><i style=\"background:%s\"></i><a href=\"/runs/%s\">%s</a>"
+        "</span>" % (r["color"], r["run"], _esc(r["name"])) for r in runs)
+
+
+def _plots_html(runs, log_y, params):
+    """Each scalar's history against step, a line per run; runs are
+    [{"run", "name", "color", "series": {key: [(step, value)]}}]."""
+    keys = sorted({key for r in runs for key in r["series"]})
+    if not keys:
+        return ""
+    toggle = "<a href=\"%s\">%s</a>" % (
+        _esc(_query(params, log=None if log_y else "1")),
+        "linear scale" if log_y else "log scale")
+    figures = "".join(
+        "<figure data-key=\"%s\"><figcaption>%s</figcaption>%s</figure>" % (
+            _esc(key), _esc(key), _svg_chart([
+                dict(r, points=r["series"][key]) for r in runs
+                if key in r["series"]], log_y=log_y))
+        for key in keys)
+    legend = _legend_html(runs) if len(runs) > 1 else ""
+    return "<h2>Plots</h2><p>%s</p>%s<div class=\"plots\">%s</div>" % (
+        toggle, legend, figures)
+
+
+def _differing_flags(summaries):
+    names = sorted({n for x in summaries for n in x["flags"]})
+    return [n for n in names if len({encode_flag_val(x["flags"].get(n))
+                                     for x in summaries}) > 1]
+
+
+def _flag_scatter(summaries, colors, flag, key):
+    """A scatter of the last value of scalar key against flag: numbers
+    on a numeric axis (log if they span 100x), others as categories."""
+    values = [x["flags"].get(flag) for x in summaries]
+    numeric = all(_finite(v) for v in values)
+    x_labels, log_x = None, False
+    if numeric:
+        log_x = min(values) > 0 and max(values) >= 100 * min(values)
+        at = values
+    else:
+        texts = sorted({encode_flag_val(v) for v in values})
+        x_labels = {i: t for i, t in enumerate(texts)}
+        at = [texts.index(encode_flag_val(v)) for v in values]
+    series = [{"run": x["id"], "name": "%s %s=%s" % (
+        x["id"][:SHORT_ID_LEN], flag, encode_flag_val(x["flags"].get(flag))),
+        "color": colors[x["id"]], "points": [(xv, x["scalars"].get(key))]}
+        for x, xv in zip(summaries, at)]
+    return _svg_chart(series, log_x=log_x, scatter=True, x_labels=x_labels)
+
+
+def _plot_runs(summaries, runs_dir):
+    """What _plots_html takes, for summaries: names give the id and the
+    flags that differ between the runs; a color per run."""
+    differ = _differing_flags(summaries)
+    return [{"run": x["id"], "color": _VIEW_COLORS[i % len(_VIEW_COLORS)],
+             "name": " ".join([x["id"][:SHORT_ID_LEN]] + [
+                 "%s=%s" % (n, encode_flag_val(x["flags"][n]))
+                 for n in differ if n in x["flags"]]),
+             "series": _scalar_series(os.path.join(runs_dir, x["id"]))}
+            for i, x in enumerate(summaries)]
+
+
+def _compare_page(view, params):
+    selected = _view_selected(view, params)
+    columns, rows = compare_rows(selected)
+    table = "<tr>%s</tr>%s" % (
+        "".join("<th>%s</th>" % _esc(c) for c in columns), "".join(
+            "<tr>%s</tr>" % "".join(
+                "<td><a href=\"/runs/%s\">%s</a></td>" % (x["id"], r["run"])
+                if c == "run" else "<td>%s</td>" % _esc(_table_cell(
+                    c, r.get(c))) for c in columns)
+            for x, r in zip(selected, rows)))
+    runs_param = ",".join(x["id"][:SHORT_ID_LEN] for x in selected)
+    log_y = _param(params, "log") == "1"
+    plot_runs = _plot_runs(selected, view.runs_dir)
+    scalar_keys = sorted({k for x in selected for k in x["scalars"]})
+    key = _param(params, "scalar") or ("loss" if "loss" in scalar_keys else
+                                       (scalar_keys or [""])[0])
+    scatter = ""
+    differ = _differing_flags(selected)
+    if key and differ and len(selected) > 1:
+        colors = {r["run"]: r["color"] for r in plot_runs}
+        options = "".join("<option%s>%s</option>" % (
+            " selected" if k == key else "", _esc(k)) for k in scalar_keys)
+        scatter = (
+            "<h2>Flags against %s</h2><form method=\"get\" "
+            "action=\"/compare\"><input type=\"hidden\" name=\"runs\" "
+            "value=\"%s\">scalar <select name=\"scalar\">%s</select> "
+            "<button>Show</button></form><div class=\"plots\">%s</div>" % (
+                _esc(key), runs_param, options, "".join(
+                    "<figure data-flag=\"%s\"><figcaption>%s</figcaption>%s"
+                    "</figure>" % (_esc(f), _esc(f), _flag_scatter(
+                        selected, colors, f, key)) for f in differ)))
+    body = ("<h1>Compare %d runs</h1><p><a href=\"/compare.csv?runs=%s\" "
+            "download=\"compare.csv\">CSV</a> <a href=\"/api/compare?runs="
+            "%s\">JSON</a></p><table class=\"compare\">%s</table>%s%s" % (
+                len(selected), runs_param, runs_param, table,
+                _plots_html(plot_runs, log_y, params), scatter))
+    return _html_page("Compare", body)
+
+
+# Answers ------------------------------------------------------------------
+
+
+class _Reply:
+    """An HTTP answer: status, content type, and a body (bytes) or the
+    path of a file to send."""
+
+    def __init__(self, status, ctype, body=b"", path=None, headers=()):
+        self.status = status
+        self.ctype = ctype
+        self.body = body
+        self.path = path
+        self.headers = list(headers)
+
+
+def _html_reply(text, status=200):
+    return _Reply(status, "text/html; charset=utf-8", text.encode("utf-8"))
+
+
+def _json_reply(data, status=200):
+    return _Reply(status, "application/json", json.dumps(
+        _json_safe(data)).encode("utf-8"))
+
+
+def _error_reply(status, message, api):
+    if api:
+        return _json_reply({"error": message}, status)
+    title = {404: "Not found", 400: "Bad request",
+             403: "Forbidden"}.get(status, "Server error")
+    return _html_reply(_html_page(title, "<h1>%s</h1><p>%s</p><p><a "
+                                  "href=\"/\">All runs</a></p>" % (
+                                      title, _esc(message))), status)
+
+
+def _path_parts(path):
+    """The decoded segments of a URL path. A segment that decodes to a
+    separator, `.` or `..`, or an empty one inside the path, names
+    nothing: a path cannot step out of where its segments lead."""
+    from urllib.parse import unquote
+    if not path.startswith("/"):
+        raise _NotFound("not a path: %s" % path)
+    raw = path[1:].split("/")
+    if raw[-1] == "":
+        raw.pop()
+    parts = [unquote(p) for p in raw]
+    for part in parts:
+        if (part in ("", ".", "..") or "/" in part or "\\" in part
+                or "\0" in part):
+            raise _NotFound("no such page: %s" % path)
+    return parts
+
+
+def _run_file_path(view, ref, rel_parts):
+    """The real path of file rel_parts of a run in the view, if it is a
+    file inside that run's directory (after following symlinks)."""
+    x = _view_find(view, ref)
+    run_dir = os.path.join(view.runs_dir, x["id"])
+    if any(os.path.isabs(p) or os.path.splitdrive(p)[0] for p in rel_parts):
+        raise _NotFound("no such file")
+    root = os.path.realpath(run_dir)
+    real = os.path.realpath(os.path.join(run_dir, *rel_parts))
+    if not real.startswith(root + os.sep) or not os.path.isfile(real):
+        raise _NotFound("run %s has no file %s" % (
+            x["id"][:SHORT_ID_LEN], "/".join(rel_parts)))
+    return real
+
+
+def _file_reply(path):
+    """A run file's reply: text as plain text (HTML too, so that no page
+    from a run runs script as the view), images as themselves, anything
+    else as a download."""
+    import mimetypes
+    ctype = mimetypes.guess_type(path)[0] or "application/octet-stream"
+    headers = [("Content-Security-Policy", "sandbox; default-src 'none'")]
+    if ctype.startswith("text/") or ctype in _VIEW_TEXT_TYPES:
+        ctype = "text/plain; charset=utf-8"
+    elif ctype not in _VIEW_IMAGE_TYPES:
+        ctype = "application/octet-stream"
+        headers.append(("Content-Disposition", "attachment; filename=\"%s\""
+                        % os.path.basename(path).replace('"', "")))
+    return _Reply(200, ctype, path=path, headers=headers)
+
+
+def _run_json(view, ref):
+    x = _view_find(view, ref)
+    if x["status"] == "corrupt":
+        return {"id": x["id"], "status": "corrupt"}
+    run = Run(x["id"], os.path.join(view.runs_dir, x["id"]))
+    data = {"id": run.id, "attributes": dict(_run_info_items(run)),
+            "flags": run.flags,
+            "scalars": scalar_stats(read_scalars(run.dir)),
+            "files": [{"path": rel, "size": size, "source": is_source}
+                      for rel, size, is_source in _run_files(
+                          run.dir, set(run.get("sourcecode") or ()))]}
+    if x["kind"] == "batch":
+        data["trials"] = [t["id"] for t in _view_summaries(view)
+                          if t["batch"] == run.id]
+    return data
+
+
+def _output_json(view, ref, params):
+    x = _view_find(view, ref)
+    run = Run(x["id"], os.path.join(view.runs_dir, x["id"]))
+    offset = _param(params, "offset", "0")
+    if not offset.lstrip("-").isdigit():
+        raise _BadRequest("offset must be a whole number")
+    text, end = _read_output(run, int(offset), VIEW_OUTPUT_CHUNK)
+    return {"text": text, "offset": end, "status": run_status(run.dir)}
+
+
+def _scalars_json(view, params):
+    runs = {}
+    for x in _view_selected(view, params):
+        series = runs[x["id"]] = {}
+        for key, val, step, ts in read_scalars(os.path.join(
+                view.runs_dir, x["id"])):
+            series.setdefault(key, []).append([step, val, ts])
+    return {"runs": runs}
+
+
+def _route(view, parts, params):
+    """The reply to a GET of the path parts with params."""
+    n = len(parts)
+    if n == 0:
+        return _html_reply(_runs_page(view, params))
+    if parts[0] == "runs" and n == 2:
+        return _html_reply(_run_page(view, parts[1], params))
+    if parts[0] == "runs" and n > 3 and parts[2] == "files":
+        return _file_reply(_run_file_path(view, parts[1], parts[3:]))
+    if parts == ["compare"]:
+        return _html_reply(_compare_page(view, params))
+    if parts == ["compare.csv"]:
+        out = io.StringIO()
+        _write_compare_csv(out, *compare_rows(_view_selected(view, params)))
+        return _Reply(200, "text/csv; charset=utf-8", out.getvalue().encode(
+            "utf-8"), headers=[("Content-Disposition",
+                                "attachment; filename=\"compare.csv\"")])
+    if parts[0] != "api":
+        raise _NotFound("no such page: /%s" % "/".join(parts))
+    if parts == ["api", "runs"]:
+        page, total = _view_listing(view, params)
+        return _json_reply({"total": total, "offset": _int_param(
+            params, "offset", 0), "runs": [_listing_json(x, row)
+                                           for x, row in page]})
+    if parts[1:2] == ["runs"] and n == 3:
+        return _json_reply(_run_json(view, parts[2]))
+    if parts[1:2] == ["runs"] and n == 4 and parts[3] == "output":
+        return _json_reply(_output_json(view, parts[2], params))
+    if parts == ["api", "compare"]:
+        columns, rows = compare_rows(_view_selected(view, params))
+        return _json_reply({"columns": columns, "rows": [
+            [r.get(c) for c in columns] for r in rows]})
+    if parts == ["api", "scalars"]:
+        return _json_reply(_scalars_json(view, params))
+    raise _NotFound("no such endpoint: /%s" % "/".join(parts))
+
+
+def _view_reply(view, target):
+    """The _Reply to a GET of target (a path and query). Bad URLs get a
+    404 or 400 page (JSON under /api/), never a traceback."""
+    from urllib.parse import parse_qs
+    path, _, query = target.partition("?")
+    try:
+        return _route(view, _path_parts(path), parse_qs(query))
+    except (_NotFound, _BadRequest) as e:
+        return _error_reply(e.http_status, str(e), path.startswith("/api/"))
+
+
+_PAGE_POLICY = ("default-src 'none'; style-src 'unsafe-inline'; "
+                "script-src 'unsafe-inline'; connect-src 'self'; "
+                "img-src 'self'; form-action 'self'; frame-ancestors 'none'")
+
+
+def _request_host(host_header):
+    """The host name of a Host header, without its port."""
+    if host_header.startswith("["):
+        return host_header.partition("]")[0] + "]"
+    return host_header.rpartition(":")[0] if ":" in host_header \
+        else host_header
+
+
+def _view_server(view, host, port):
+    """A threaded HTTP server of view on host:port (0: a free port)."""
+    import http.server
+
+    class ViewHandler(http.server.BaseHTTPRequestHandler):
+        server_version = "guild.py/" + __version__
+
+        def do_GET(self):
+            self._answer(send_body=True)
+
+        def do_HEAD(self):
+            self._answer(send_body=False)
+
+        def _answer(self, send_body):
+            host_header = self.headers.get("Host")
+            try:
+                if view.loopback and host_header and _request_host(
+                        host_header) not in _LOOPBACK_HOSTS:
+                    reply = _error_reply(403, "this view answers only on "
+                                         "127.0.0.1 or localhost", False)
+                else:
+                    reply = _view_reply(view, self.path)
+            except Exception as e:  # a page failed: say so, keep serving
+                log.error("error answering %s: %s: %s", self.path,
+                          type(e).__name__, e)
+                reply = _error_reply(500, "the view failed to build this "
+                                     "page; see guild view's output",
+                                     self.path.startswith("/api/"))
+            try:
+                self._send(reply, send_body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the browser went away
+
+        def _send(self, reply, send_body):
+            size = len(reply.body)
+            src = open(reply.path, "rb") if reply.path else None
+            try:
+                if src is not None:
+                    size = os.fstat(src.fileno()).st_size
+                self.send_response(reply.status)
+                self.send_header("Content-Type", reply.ctype)
+                self.send_header("Content-Length", str(size))
+                self.send_header("Cache-Control", "no-store")
+                self.send_header("X-Content-Type-Options", "nosniff")
+                if reply.ctype.startswith("text/html"):
+                    self.send_header("Content-Security-Policy",
+                                     _PAGE_POLICY)
+                for name, value in reply.headers:
+                    self.send_header(name, value)
+                self.end_headers()
+                if send_body and src is not None:
+                    shutil.copyfileobj(src, self.wfile)
+                elif send_body:
+                    self.wfile.write(reply.body)
+            finally:
+                if src is not None:
+                    src.close()
+
+        def log_message(self, format, *args):
+            log.debug("%s - %s", self.address_string(), format % args)
+
+    try:
+        server = http.server.ThreadingHTTPServer((host, port), ViewHandler)
+    except (OSError, OverflowError) as e:
+        raise ViewError("cannot serve on %s:%s: %s" % (
+            host, port, getattr(e, "strerror", None) or e))
+    server.daemon_threads = True
+    return server
+
+
+def _is_loopback(host):
+    return host in _LOOPBACK_HOSTS or host.startswith("127.")
+
+
+# ---------------------------------------------------------------------------
+## 14. Python API
 # ---------------------------------------------------------------------------
 
 
@@ -3114,7 +4097,7 @@ def _create_run(attrs, stage, run_dir=None):
 
 
 # ---------------------------------------------------------------------------
-## 14. Command line
+## 15. Command line
 # ---------------------------------------------------------------------------
 
 
@@ -3195,10 +4178,6 @@ def _install_stop_handlers():
 
 def _exit_code(exit_status):
     return exit_status if exit_status >= 0 else 128 - exit_status
-
-
-STATUS_FILTERS = ("staged", "pending", "running", "completed", "error",
-                  "terminated")
 
 
 def _add_filter_args(p):
@@ -3534,33 +4513,9 @@ def _build_runs_info_parser(p):
 @_command("runs info", "show a run's attributes", _build_runs_info_parser)
 def _cmd_runs_info(args):
     run = _select_one(args.run or "1", _listing(args)[1])
-    attrs = run._attrs()
-    proc = _read_json(run.guild_path(PROC_ATTRS)) or {}
-    exit_attrs = _read_json(run.guild_path(EXIT_ATTRS)) or {}
-    lines = [
-        "id: %s" % run.id,
-        "operation: %s" % _op_desc(attrs),
-        "from: %s" % (attrs.get("project") or ""),
-        "status: %s" % run.status,
-    ]
-    reason = _status_reason(run)
-    if reason:
-        lines.append("reason: %s" % reason)
-    lines += [
-        "started: %s" % _format_time(proc.get("started")),
-        "stopped: %s" % _format_time(exit_attrs.get("stopped")),
-        "label: %s" % (attrs.get("label") or ""),
-        "run_dir: %s" % run.dir,
-        "command: %s" % " ".join(proc.get("command") or []),
-        "exit_status: %s" % ("" if exit_attrs.get("exit_status") is None
-                             else exit_attrs["exit_status"]),
-        "pid: %s" % (proc.get("pid") or ""),
-        "host: %s" % (proc.get("host") or ""),
-    ]
-    if attrs.get("batch"):
-        lines.append("batch: %s" % attrs["batch"])
+    lines = ["%s: %s" % item for item in _run_info_items(run)]
     lines.append("flags:")
-    flags = attrs.get("flags") or {}
+    flags = run.flags
     lines += ["  %s: %s" % (n, encode_flag_val(flags[n]))
               for n in sorted(flags)]
     lines.append("scalars:")
@@ -3574,10 +4529,6 @@ def _cmd_runs_info(args):
                                                  st["step"]))
     print("\n".join(lines))
     return 0
-
-
-def _num(x):
-    return "%.6g" % x
 
 
 def _build_stop_parser(p):
@@ -3761,29 +4712,18 @@ def _cmd_compare(args):
         rows = _sort_rows(rows, sort_col, descending=bool(args.max))
     if args.top is not None:
         rows = rows[:args.top]
+    if args.csv == "-":
+        _write_compare_csv(sys.stdout, columns, rows)
+        return 0
     if args.csv:
-        _write_compare_csv(args.csv, columns, rows)
+        with open(args.csv, "w", newline="", encoding="utf-8") as out:
+            _write_compare_csv(out, columns, rows)
         return 0
     table = [columns] + [[_table_cell(c, r.get(c)) for c in columns]
                          for r in rows]
     for line in _format_table(table):
         print(line)
     return 0
-
-
-def _write_compare_csv(dest, columns, rows):
-    if dest == "-":
-        out = sys.stdout
-    else:
-        out = open(dest, "w", newline="", encoding="utf-8")
-    try:
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(columns)
-        for r in rows:
-            writer.writerow([_csv_cell(r.get(c)) for c in columns])
-    finally:
-        if out is not sys.stdout:
-            out.close()
 
 
 def _build_ls_parser(p):
@@ -3833,6 +4773,57 @@ def _cmd_cat(args):
             "output" if args.output else args.path, run.id))
     _write_stdout(data)
     return 0
+
+
+def _build_view_parser(p):
+    p.description = ("Serve a web page of runs, comparisons and scalar plots "
+                     "(on 127.0.0.1 unless --host). Read-only.")
+    p.add_argument("runs", nargs="*", metavar="RUN",
+                   help="runs to show (default: all that the filters pass)")
+    # -h is --host, as in Guild AI: this group may take -h from --help.
+    g = p.add_argument_group("server", conflict_handler="resolve")
+    g.add_argument("-h", "--host", metavar="HOST",
+                   help="interface to listen on (default 127.0.0.1)")
+    g.add_argument("-p", "--port", type=int, metavar="PORT",
+                   help="port to listen on (default: a free one)")
+    g.add_argument("-n", "--no-open", action="store_true",
+                   help="do not open a browser")
+    _add_filter_args(p)
+
+
+@_command("view", "serve a web page of runs, plots and comparisons",
+          _build_view_parser)
+def _cmd_view(args):
+    summaries, runs = _listing(args)
+    only = {r.id for r in select_runs(args.runs, runs)} if args.runs else None
+    host = args.host or "127.0.0.1"
+    view = _View(_runs_dir(), _filter_from_args(args, summaries), only,
+                 loopback=_is_loopback(host))
+    server = _view_server(view, host, args.port or 0)
+    url = "http://%s:%d/" % ("[%s]" % host if ":" in host else host,
+                             server.server_address[1])
+    if not view.loopback:
+        log.warning("serving on %s: anyone who can reach this machine can "
+                    "read these runs and their files", host)
+    print("Guild View at %s (Ctrl-C to stop)" % url, flush=True)
+    if not args.no_open and _can_open_browser():
+        import webbrowser
+        threading.Thread(target=webbrowser.open, args=(url,),
+                         daemon=True).start()
+    try:
+        server.serve_forever(poll_interval=0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+def _can_open_browser():
+    """False on a Linux machine with no display (a cluster login node),
+    where a console browser would take over the terminal."""
+    return not sys.platform.startswith("linux") or bool(
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
 def _parser(argv=()):
@@ -3912,7 +4903,7 @@ def main(argv=None):
 
 
 # ---------------------------------------------------------------------------
-## 15. Compatibility namespaces
+## 16. Compatibility namespaces
 # ---------------------------------------------------------------------------
 
 
@@ -3938,7 +4929,7 @@ run = _namespace(
     Run=Run, mkid=mkid, run_status=run_status)
 
 # ---------------------------------------------------------------------------
-## 16. Script entry
+## 17. Script entry
 # ---------------------------------------------------------------------------
 
 # MIT License

@@ -8,6 +8,7 @@ Tests write only in temporary directories: every run store is a temp dir.
 """
 
 import doctest
+import html.parser
 import io
 import json
 import logging
@@ -17,8 +18,11 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
+import urllib.error
+import urllib.request
 
 import guild
 
@@ -1810,6 +1814,404 @@ class LabelTest(GuildTestCase):
                               "give one of --set")
         self.assertGuildError(self.guild("label", "0:", "-c", "-y"),
                               "indexes start at 1")
+
+
+# ---------------------------------------------------------------------------
+# 13. The web view
+# ---------------------------------------------------------------------------
+
+
+class PageParser(html.parser.HTMLParser):
+    """An HTML page as the tests read it: every element's tag, attributes
+    and text (its own and its children's)."""
+
+    def __init__(self, text):
+        super().__init__()
+        self.elements = []
+        self._open = []
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        element = {"tag": tag, "attrs": dict(attrs), "text": ""}
+        self.elements.append(element)
+        if tag not in ("input", "meta", "br", "img", "rect", "line",
+                       "circle"):
+            self._open.append(element)
+
+    def handle_endtag(self, tag):
+        while self._open:
+            if self._open.pop()["tag"] == tag:
+                break
+
+    def handle_data(self, data):
+        for element in self._open:
+            element["text"] += data
+
+    def find(self, tag, **attrs):
+        """Elements with tag whose attributes include attrs (data_run is
+        data-run; a name ending in _ matches a prefix: id_="run-")."""
+        def match(e):
+            for name, val in attrs.items():
+                have = e["attrs"].get(name.rstrip("_").replace("_", "-"))
+                if have is None or (have != val if not name.endswith("_")
+                                    else not have.startswith(val)):
+                    return False
+            return True
+        return [e for e in self.elements if e["tag"] == tag and match(e)]
+
+    def cells(self, row):
+        """The th and td elements of row (a tr element)."""
+        found = []
+        for e in self.elements[self.elements.index(row) + 1:]:
+            if e["tag"] in ("tr", "table"):
+                break
+            if e["tag"] in ("th", "td"):
+                found.append(e)
+        return found
+
+    def text_of(self, row, cls):
+        """Text of the cell of class cls in row (a tr element)."""
+        for e in self.cells(row):
+            if cls in e["attrs"].get("class", "").split():
+                return e["text"]
+        return None
+
+
+class ViewTest(GuildTestCase):
+    """The view server in a thread, read with urllib as a browser would."""
+
+    def setUp(self):
+        super().setUp()
+        self.copy_sample("fit.py", project="sweep")
+        self.guild("run", "fit.py", "lr=[0.1,0.3]", "epochs=3", "-q", "-y")
+        self.corrupt_id = "c0" * 16
+        corrupt = path(self.home, "runs", self.corrupt_id, ".guild")
+        os.makedirs(corrupt)
+        write(path(corrupt, "run.json"), "{not json")
+        self.url = self.serve(guild._View(path(self.home, "runs")))
+        self.summaries = guild.run_summaries(path(self.home, "runs"))
+        self.trials = [x for x in self.summaries if x["kind"] == "script"]
+
+    def serve(self, view):
+        server = guild._view_server(view, "127.0.0.1", 0)
+        thread = threading.Thread(target=server.serve_forever,
+                                  kwargs={"poll_interval": 0.05})
+        thread.start()
+        self.addCleanup(server.server_close)
+        self.addCleanup(thread.join)
+        self.addCleanup(server.shutdown)
+        return "http://127.0.0.1:%d" % server.server_address[1]
+
+    def get(self, target, method="GET", headers=None):
+        """(status, content type, body text) of a request to target."""
+        req = urllib.request.Request(self.url + target, method=method,
+                                     headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, r.headers["Content-Type"], r.read().decode()
+        except urllib.error.HTTPError as e:
+            with e:
+                return e.code, e.headers["Content-Type"], e.read().decode()
+
+    def page(self, target):
+        status, ctype, body = self.get(target)
+        self.assertEqual((status, ctype), (200, "text/html; charset=utf-8"),
+                         body)
+        return PageParser(body)
+
+    def api(self, target):
+        status, ctype, body = self.get(target)
+        self.assertEqual((status, ctype), (200, "application/json"), body)
+        return json.loads(body)
+
+    def test_runs_page_lists_every_run_with_links_and_live_refresh(self):
+        page = self.page("/")
+        rows = page.find("tr", id_="run-")
+        self.assertEqual([r["attrs"]["id"][4:] for r in rows],
+                         [x["id"] for x in self.summaries] +
+                         [self.corrupt_id])
+        for row, x in zip(rows, self.summaries):
+            self.assertEqual(page.text_of(row, "status"), x["status"])
+            self.assertEqual(page.text_of(row, "operation"), x["op"])
+            self.assertEqual(page.text_of(row, "flags"),
+                             guild.format_flags(x["flags"]))
+        self.assertEqual(page.text_of(rows[-1], "status"), "corrupt")
+        links = {a["attrs"]["href"] for a in page.find("a")}
+        self.assertTrue({"/runs/" + x["id"] for x in self.summaries}
+                        <= links)
+        boxes = page.find("input", type="checkbox", name="runs")
+        self.assertEqual(len(boxes), 4)
+        self.assertEqual(page.find("form", action="/compare")[0]["attrs"]
+                         ["method"], "get")
+        self.assertIn("refreshRuns", page.find("script")[0]["text"])
+
+    def test_runs_page_filters_sorts_and_pages(self):
+        page = self.page("/?op=%2B")
+        self.assertEqual([r["attrs"]["id"] for r in page.find("tr", id_="run-")],
+                         ["run-" + x["id"] for x in self.summaries
+                          if x["kind"] == "batch"])
+        page = self.page("/?status=error")
+        self.assertEqual(page.find("tr", id_="run-"), [])
+        losses = sorted(x["scalars"]["loss"] for x in self.trials)
+        data = self.api("/api/runs?sort=loss&desc=1")
+        self.assertEqual([r["scalars"].get("loss") for r in data["runs"]],
+                         losses[::-1] + [None, None])
+        page = self.page("/?limit=1&offset=1")
+        self.assertEqual(len(page.find("tr", id_="run-")), 1)
+        self.assertEqual(len(page.find("a", rel="prev")), 1)
+        self.assertEqual(len(page.find("a", rel="next")), 1)
+        self.assertEqual(self.api("/api/runs?limit=2&offset=3")["total"], 4)
+
+    def test_run_page_shows_attributes_scalars_plots_output_and_files(self):
+        trial = self.trials[0]
+        run_dir = path(self.home, "runs", trial["id"])
+        page = self.page("/runs/" + trial["id"][:8])
+        status = page.find("td", id="status")[0]
+        self.assertEqual(status["text"], "completed")
+        stats = guild.scalar_stats(guild.read_scalars(run_dir))
+        scalar_rows = [[c["text"] for c in page.cells(row)]
+                       for row in page.find("tr")]
+        scalar_rows = [r for r in scalar_rows if r[0] in stats]
+        self.assertEqual(len(scalar_rows), len(stats))
+        for key, last, low, high, step, count in scalar_rows:
+            self.assertEqual((float(low), float(high)),
+                             (stats[key]["min"], stats[key]["max"]))
+            self.assertEqual(float(last), stats[key]["last"])
+            self.assertEqual(int(count), stats[key]["count"])
+        series = page.find("polyline", data_run=trial["id"])
+        self.assertEqual(len(series), len(stats))
+        for line in series:
+            self.assertEqual(int(line["attrs"]["data-count"]), 3)
+            xs = [float(p.split(",")[0])
+                  for p in line["attrs"]["points"].split()]
+            self.assertEqual(xs, sorted(xs))
+            self.assertEqual(len(xs), 3)
+        with open(path(run_dir, ".guild", "output")) as f:
+            self.assertEqual(page.find("pre", id="output")[0]["text"],
+                             f.read())
+        link = "/runs/%s/files/fit.py" % trial["id"]
+        self.assertTrue(page.find("a", href=link))
+        status, ctype, body = self.get(link)
+        with open(path(run_dir, "fit.py")) as f:
+            self.assertEqual((status, ctype, body),
+                             (200, "text/plain; charset=utf-8", f.read()))
+        self.assertEqual(page.find("script"), [])  # it is not running
+        log_page = self.page("/runs/%s?log=1" % trial["id"])
+        self.assertEqual(len(log_page.find("polyline")), len(stats))
+
+    def test_batch_run_page_links_its_trials(self):
+        batch = [x for x in self.summaries if x["kind"] == "batch"][0]
+        page = self.page("/runs/" + batch["id"])
+        compare = [a["attrs"]["href"] for a in page.find("a")
+                   if a["attrs"]["href"].startswith("/compare?")][0]
+        self.assertEqual(sorted(compare.split("=")[1].split(",")),
+                         sorted(x["id"][:8] for x in self.trials))
+        self.assertEqual(sorted(self.api("/api/runs/" + batch["id"])
+                                ["trials"]),
+                         sorted(x["id"] for x in self.trials))
+
+    def test_compare_page_and_csv_are_compares(self):
+        ids = ",".join(x["id"][:8] for x in self.trials)
+        status, ctype, body = self.get("/compare.csv?runs=" + ids)
+        code, out = self.guild("compare", "--csv", "-",
+                               *[x["id"] for x in self.trials])
+        self.assertEqual((status, body), (200, out))
+        data = self.api("/api/compare?runs=" + ids)
+        self.assertEqual(data["columns"], out.splitlines()[0].split(","))
+        page = self.page("/compare?runs=%s&runs=%s" % tuple(
+            x["id"] for x in self.trials))
+        rows = page.find("table", **{"class": "compare"})[0]
+        self.assertIn(self.trials[0]["id"][:8], rows["text"])
+        legend = page.find("p", **{"class": "legend"})[0]["text"]
+        for x in self.trials:
+            self.assertIn("%s lr=%s" % (x["id"][:8], x["flags"]["lr"]),
+                          legend)
+        for key in ("loss", "acc"):
+            figure = page.find("figure", data_key=key)
+            self.assertEqual(len(figure), 1)
+        lines = page.find("polyline")
+        self.assertEqual(sorted(e["attrs"]["data-run"] for e in lines),
+                         sorted([x["id"] for x in self.trials] * 2))
+        points = page.find("circle", data_run_=self.trials[0]["id"][:8])
+        self.assertEqual(len(points), 1)
+        self.assertTrue(page.find("figure", data_flag="lr"))
+
+    def test_json_endpoints_read_the_store(self):
+        data = self.api("/api/runs")
+        self.assertEqual(data["total"], 4)
+        self.assertEqual([r["id"] for r in data["runs"][:3]],
+                         [x["id"] for x in self.summaries])
+        trial = self.trials[0]
+        run_dir = path(self.home, "runs", trial["id"])
+        info = self.api("/api/runs/" + trial["id"])
+        self.assertEqual(info["flags"], trial["flags"])
+        self.assertEqual(info["attributes"]["status"], "completed")
+        self.assertEqual([f["path"] for f in info["files"]], ["fit.py"])
+        with open(path(run_dir, ".guild", "output")) as f:
+            text = f.read()
+        out = self.api("/api/runs/%s/output?offset=5" % trial["id"])
+        self.assertEqual((out["text"], out["offset"], out["status"]),
+                         (text[5:], len(text), "completed"))
+        scalars = self.api("/api/scalars?runs=" + trial["id"])
+        self.assertEqual(
+            scalars["runs"][trial["id"]]["loss"],
+            [[step, val, ts] for key, val, step, ts in
+             guild.read_scalars(run_dir) if key == "loss"])
+        self.assertEqual(self.api("/api/runs/" + self.corrupt_id),
+                         {"id": self.corrupt_id, "status": "corrupt"})
+
+    def test_corrupt_run_shows_as_one_and_breaks_nothing(self):
+        odd = path(self.home, "runs", "d0" * 16, ".guild")
+        os.makedirs(odd)
+        write(path(odd, "run.json"), json.dumps({"flags": [1, 2],
+                                                 "label": 3}))
+        page = self.page("/")
+        self.assertEqual(len(page.find("tr", id_="run-")), 5)
+        for run_id in (self.corrupt_id, "d0" * 16):
+            row = page.find("tr", id="run-" + run_id)[0]
+            self.assertEqual(page.text_of(row, "status"), "corrupt")
+            self.assertIn("corrupted", self.get("/runs/" + run_id)[2])
+        self.page("/compare")
+        self.assertEqual(self.get("/compare.csv")[0], 200)
+
+    def test_paths_outside_a_run_are_refused(self):
+        trial = self.trials[0]["id"]
+        run_dir = path(self.home, "runs", trial)
+        secret = path(self.home, "secret.txt")
+        write(secret, "secret")
+        os.symlink(secret, path(run_dir, "out-link"))
+        os.symlink(path(run_dir, "fit.py"), path(run_dir, "in-link"))
+        os.makedirs(path(run_dir, "sub"))
+        write(path(run_dir, "sub", "a.txt"), "a")
+        self.assertEqual(self.get("/runs/%s/files/sub/a.txt" % trial)[:3:2],
+                         (200, "a"))
+        self.assertEqual(self.get("/runs/%s/files/in-link" % trial)[0], 200)
+        bad = ["/runs/%s/files/out-link", "/runs/%s/files/../../secret.txt",
+               "/runs/%s/files/%%2e%%2e/%%2e%%2e/secret.txt",
+               "/runs/%s/files/..%%2F..%%2Fsecret.txt",
+               "/runs/%s/files/..%%5C..%%5Csecret.txt",
+               "/runs/%s/files/%%2F" + secret.lstrip("/").replace("/", "%%2F"),
+               "/runs/%s/files//" + secret.lstrip("/"),
+               "/runs/%s/files/sub", "/runs/%s/files/.", "/runs/%s/files/",
+               "/runs/%s/files/sub/../../../secret.txt",
+               "/runs/%s/files/%%00", "/runs/%s/../../secret.txt"]
+        for url in bad:
+            status, _ctype, body = self.get(url % trial)
+            self.assertEqual(status, 404, url)
+            self.assertNotIn("secret", body.replace("secret.txt", ""))
+            self.assertNotIn("Traceback", body)
+        for url in ["/runs/..", "/runs/%2e%2e/files/secret.txt",
+                    "/runs/" + self.home, "/nowhere", "/api/nowhere",
+                    "/runs/ffff", "/runs/%s/files" % trial, "/api/runs/x/y"]:
+            self.assertEqual(self.get(url)[0], 404, url)
+        for url in ["/?offset=x", "/?status=done", "/?started=someday"]:
+            status, _ctype, body = self.get(url)
+            self.assertEqual(status, 400, url)
+            self.assertNotIn("Traceback", body)
+
+    def test_read_only_and_loopback_hosts_only(self):
+        before = sorted(os.listdir(path(self.home, "runs")))
+        for method in ("POST", "PUT", "DELETE"):
+            self.assertEqual(self.get("/runs/" + self.trials[0]["id"],
+                                      method=method)[0], 501)
+        self.assertEqual(sorted(os.listdir(path(self.home, "runs"))), before)
+        self.assertEqual(self.get("/", headers={"Host": "evil.example"})[0],
+                         403)
+        self.assertEqual(self.get("/", headers={"Host": "localhost:1"})[0],
+                         200)
+        self.assertEqual(self.get("/", method="HEAD")[:2],
+                         (200, "text/html; charset=utf-8"))
+
+    def test_view_filters_and_runs_narrow_what_is_served(self):
+        trial = self.trials[0]
+        url = self.serve(guild._View(path(self.home, "runs"),
+                                     only={trial["id"]}))
+        with urllib.request.urlopen(url + "/api/runs") as r:
+            self.assertEqual([x["id"] for x in json.load(r)["runs"]],
+                             [trial["id"]])
+        with self.assertRaises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(url + "/runs/" + self.trials[1]["id"])
+        e.exception.close()
+        self.assertEqual(e.exception.code, 404)
+
+    def test_svg_chart_skips_what_it_cannot_draw_and_thins_long_curves(self):
+        nan, inf = float("nan"), float("inf")
+        svg = guild._svg_chart([{"run": "r", "name": "r", "color": "#000",
+                                 "points": [(0, 1.0), (1, nan), (2, inf),
+                                            (3, 0.0), (4, 0.1)]}],
+                               log_y=True)
+        self.assertIn('data-count="2"', svg)
+        self.assertIn("no values", guild._svg_chart(
+            [{"run": "r", "name": "r", "color": "#000", "points": []}]))
+        points = [(i, (i * 7919) % 1000) for i in range(10000)]
+        kept = guild._thin(points, lambda x: x / 20)
+        self.assertLessEqual(len(kept), 1000)
+        self.assertEqual((min(p[1] for p in kept), max(p[1] for p in kept)),
+                         (0, 999))
+        self.assertEqual(kept, sorted(kept))
+
+
+class ViewCommandTest(GuildTestCase):
+    starts_scripts = True  # also run in the fresh-interpreter pass
+
+    def start_view(self, *args):
+        p = subprocess.Popen(
+            [sys.executable, GUILD_PY, "view", "-n"] + list(args),
+            cwd=self.project, env=dict(os.environ, GUILD_HOME=self.home),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.addCleanup(p.stdout.close)
+        self.addCleanup(p.wait)
+        self.addCleanup(p.terminate)
+        lines = []
+        while True:
+            line = p.stdout.readline().decode()
+            lines.append(line)
+            if "http://" in line or not line:
+                break
+        self.assertIn("Guild View at http://", "".join(lines))
+        return p, lines, line.split()[3]
+
+    def test_view_serves_until_stopped_and_warns_off_loopback(self):
+        _p, _lines, url = self.start_view()
+        self.assertTrue(url.startswith("http://127.0.0.1:"))
+        with urllib.request.urlopen(url + "api/runs") as r:
+            self.assertEqual(json.load(r)["total"], 0)
+        p, lines, url = self.start_view("--host", "0.0.0.0")
+        self.assertIn("serving on 0.0.0.0: anyone", "".join(lines))
+        port = url.rsplit(":", 1)[1].strip("/")
+        self.assertGuildError(self.guild("view", "-n", "-p", port),
+                              "cannot serve on 127.0.0.1:%s" % port)
+        p.send_signal(signal.SIGINT)
+        self.assertEqual(p.wait(timeout=30), 0)
+
+    def test_finished_run_shows_its_status_on_the_next_poll(self):
+        write(path(self.project, "wait.py"),
+              "import os, time\nprint('loss: 1', flush=True)\n"
+              "while not os.path.exists('go'):\n    time.sleep(0.01)\n"
+              "print('loss: 0.5')\n")
+        p = self.start_guild("run", "wait.py", "-y", until=b"loss")
+        run = self.runs()[0]
+        _v, _lines, url = self.start_view()
+        with urllib.request.urlopen(url + "runs/" + run.id) as r:
+            page = PageParser(r.read().decode())
+        self.assertEqual(page.find("td", id="status")[0]["text"], "running")
+        self.assertIn("followRun", page.find("script")[0]["text"])
+        with urllib.request.urlopen(url) as r:
+            page = PageParser(r.read().decode())
+        row = page.find("tr", id="run-" + run.id)[0]
+        self.assertEqual(page.text_of(row, "status"), "running")
+        write(path(run.dir, "go"), "")
+        p.wait(timeout=60)
+        with urllib.request.urlopen(url) as r:  # the page's poll
+            page = PageParser(r.read().decode())
+        row = page.find("tr", id="run-" + run.id)[0]
+        self.assertEqual(page.text_of(row, "status"), "completed")
+        self.assertEqual(page.text_of(row, "scalars"), "loss=0.5")
+        with urllib.request.urlopen(url + "api/runs/%s/output?offset=0"
+                                    % run.id) as r:
+            out = json.load(r)
+        self.assertEqual((out["status"], out["text"]),
+                         ("completed", "loss: 1\nloss: 0.5\n"))
 
 
 # ---------------------------------------------------------------------------
