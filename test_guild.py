@@ -1880,14 +1880,27 @@ class PageParser(html.parser.HTMLParser):
 class ViewTest(GuildTestCase):
     """The view server in a thread, read with urllib as a browser would."""
 
-    def setUp(self):
-        super().setUp()
-        self.copy_sample("fit.py", project="sweep")
-        self.guild("run", "fit.py", "lr=[0.1,0.3]", "epochs=3", "-q", "-y")
-        self.corrupt_id = "c0" * 16
-        corrupt = path(self.home, "runs", self.corrupt_id, ".guild")
+    store = None  # made once, copied for each test
+
+    @classmethod
+    def setUpClass(cls):
+        cls.store = tempfile.mkdtemp(prefix="guild-test-")
+        shutil.copy(sample("projects", "sweep", "fit.py"), cls.store)
+        guild_cmd(["run", "fit.py", "lr=[0.1,0.3]", "epochs=3", "-q", "-y"],
+                  cwd=cls.store, guild_home=path(cls.store, "home"))
+        corrupt = path(cls.store, "home", "runs", "c0" * 16, ".guild")
         os.makedirs(corrupt)
         write(path(corrupt, "run.json"), "{not json")
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.store)
+
+    def setUp(self):
+        super().setUp()
+        shutil.rmtree(self.home)
+        shutil.copytree(path(self.store, "home"), self.home, symlinks=True)
+        self.corrupt_id = "c0" * 16
         self.url = self.serve(guild._View(path(self.home, "runs")))
         self.summaries = guild.run_summaries(path(self.home, "runs"))
         self.trials = [x for x in self.summaries if x["kind"] == "script"]
