@@ -33,13 +33,14 @@ file): copy this file freely, keep this notice.
 #   8. The run store: indexes, the listing cache, filters, the trash
 #   9. Operations: creating, staging, starting and stopping runs
 #  10. Batches and trials
-#  11. The queue
-#  12. Results: compare
-#  13. The web view
-#  14. Python API
-#  15. Command line
-#  16. Compatibility namespaces
-#  17. Script entry
+#  11. Optimizers: model-based search (tpe)
+#  12. The queue
+#  13. Results: compare
+#  14. The web view
+#  15. Python API
+#  16. Command line
+#  17. Compatibility namespaces
+#  18. Script entry
 
 __version__ = "0.1.0"
 
@@ -173,7 +174,12 @@ MAX_SOURCE_FILES = 100
 MAX_SOURCE_FILE_SIZE = 1024 * 1024
 FLAGS_PROBE_TIMEOUT = 60
 DEFAULT_MAX_TRIALS = 20
-OPTIMIZERS = ("+", "random")
+OPTIMIZERS = ("+", "random", "tpe")
+# Guild AI's scikit-optimize optimizers, which tpe stands in for.
+SKOPT_OPTIMIZERS = ("gp", "forest", "gbrt", "skopt:gp", "skopt:forest",
+                    "skopt:gbrt")
+# Optimizer flags (-Fo NAME=VAL): the smallest value each takes.
+OPT_FLAGS = {"tpe": {"random-starts": 0, "in-flight": 1}}
 STOP_GRACE_SECONDS = 10
 OUTPUT_CHUNK = 1 << 20  # bytes of a run's output relayed at a time
 MAX_SCALAR_LINE = 4096  # longer output lines are not scalars
@@ -1691,13 +1697,16 @@ def _reconcile_index():
 
 
 def _other_runs_running():
-    """True if a run other than a queue is running (from the index)."""
+    """True if a run other than a queue, or a batch that stages its trials
+    for queues (tpe waits on them), is running (from the index)."""
     for name in _index_names("running"):
         run = Run(name, os.path.join(_runs_dir(), name))
         attrs = _read_json(run.guild_path(RUN_ATTRS))
         status = run.status if isinstance(attrs, dict) else None
         if status == "running":
-            if (attrs.get("op") or {}).get("kind") != "queue":
+            kind = (attrs.get("op") or {}).get("kind")
+            if kind != "queue" and not (kind == "batch" and
+                                        attrs.get("stage_trials")):
                 return True
         elif status not in ("pending", "staged"):  # those may yet start
             _index_drop("running", name)
@@ -2700,8 +2709,13 @@ def batch_trials(attrs):
     Grid (+): the product of list values, or one trial per batch file row
     (with any lists given beside the files), cut to max_trials chosen at
     random in grid order. Random: max_trials draws (default 20). The
-    batch's random_seed makes both reproducible.
+    batch's random_seed makes both reproducible. tpe has no trials to list:
+    each depends on the results of those before it.
     """
+    if attrs["op"]["name"] == "tpe":
+        raise UsageError("tpe proposes each trial from the results of the "
+                         "trials before it: its trials cannot be listed or "
+                         "saved in advance")
     proto = attrs["proto"]
     flags = proto.get("flags") or {}
     rnd = random.Random(attrs.get("random_seed"))
@@ -2773,12 +2787,28 @@ def _try_run_staged_trial(trial_run, batch_run, status_lock):
     return _start_run(trial_run)
 
 
+def _run_trial(trial, batch_run, attrs):
+    """Run a staged trial of batch_run; False if its failure stops the
+    batch (--fail-on-trial-error)."""
+    exit_status = _try_run_staged_trial(trial, batch_run,
+                                        Lock(RUN_STATUS, timeout=60))
+    if exit_status:
+        log.error("Trial %s exited with an error (%s)", trial.id,
+                  exit_status)
+        if attrs.get("fail_on_trial_error"):
+            log.error("Stopping batch (--fail-on-trial-error)")
+            return False
+    return True
+
+
 def _run_batch(batch_run, attrs):
     """Create the batch's trials (staged), then run or leave them.
 
     Trials not reached (a stop, or --fail-on-trial-error) stay staged for
     a queue or `run --start`.
     """
+    if attrs["op"]["name"] == "tpe":
+        return _run_tpe_batch(batch_run, attrs)
     trials = [init_trial_run(batch_run, flag_vals)
               for flag_vals in batch_trials(attrs)]
     if attrs.get("stage_trials"):
@@ -2786,37 +2816,384 @@ def _run_batch(batch_run, attrs):
             log.info("Staging trial %s: %s", trial.id, _trial_desc(trial))
             _print_staged(trial, False)
         return 0
-    counts = {"completed": 0, "failed": 0, "terminated": 0}
     started = time.monotonic()
     try:
         for n, trial in enumerate(trials, 1):
             _progress("trial %d/%d" % (n, len(trials)), started)
-            exit_status = _try_run_staged_trial(
-                trial, batch_run, Lock(RUN_STATUS, timeout=60))
-            if exit_status == 0:
-                counts["completed"] += 1
-            elif exit_status is not None:
-                counts["failed"] += 1
-                log.error("Trial %s exited with an error (%s)", trial.id,
-                          exit_status)
-                if attrs.get("fail_on_trial_error"):
-                    log.error("Stopping batch (--fail-on-trial-error)")
-                    return 1
+            if not _run_trial(trial, batch_run, attrs):
+                return 1
         return 0
     except _StopRequested:
-        counts["terminated"] += 1
         log.info("Stopping batch")
         raise
     finally:
-        staged = sum(1 for t in trials if t.status == "staged")
-        log.info("Batch finished: %d completed, %d failed, %d staged%s",
-                 counts["completed"], counts["failed"], staged,
-                 ", %d terminated" % counts["terminated"]
-                 if counts["terminated"] else "")
+        _log_batch_finished([t.status for t in trials])
+
+
+def _log_batch_finished(statuses):
+    """The batch's closing line, from the statuses of its trials."""
+    counts = {}
+    for status in statuses:
+        counts[status] = counts.get(status, 0) + 1
+    log.info("Batch finished: %d completed, %d failed, %d staged%s",
+             counts.get("completed", 0), counts.get("error", 0),
+             counts.get("staged", 0), ", %d terminated" % counts[
+                 "terminated"] if counts.get("terminated") else "")
 
 
 # ---------------------------------------------------------------------------
-## 11. The queue
+## 11. Optimizers: model-based search (tpe)
+# ---------------------------------------------------------------------------
+
+# A Tree-structured Parzen Estimator. The trials so far split into the few
+# best ("below") and the rest ("above", which also holds failed trials,
+# trials with no objective and trials still in flight: all count as bad).
+# Each group is a mixture with one kernel per trial over all flags at once
+# (multivariate: coupled flags stay coupled) plus a broad prior kernel.
+# Candidates drawn from the good mixture compete on the ratio of the good
+# density to the bad one. Bandwidths, the prior and the split follow what
+# Optuna's TPE sampler does by default; the code here runs only when a tpe
+# batch proposes a trial.
+
+TPE_RANDOM_STARTS = 10  # trials drawn at random before the model is used
+TPE_IN_FLIGHT = 4  # trials kept staged or running with --stage-trials
+TPE_CANDIDATES = 24  # draws from the good mixture scored per proposal
+_TPE_PRIOR_WEIGHT = 1.0
+_TPE_BANDWIDTH = 0.2  # kernel width at one trial, as a fraction of a range
+_TPE_MAX_BELOW = 25
+_TPE_FLAT_WEIGHTS = 25  # the newest trials weigh fully; older ones fade
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+class _TpeDim:
+    """One searched flag. Coordinates: the value for "float", its log for
+    "log", the whole number for "int" (the range widened by half a step so
+    that end values are as likely as others), the index of the choice for
+    "choice"."""
+
+    def __init__(self, name, kind, low, high, choices=None):
+        self.name, self.kind, self.low, self.high = name, kind, low, high
+        self.choices = choices
+
+    def encode(self, val):
+        """val's coordinate, or None if val is not in this dimension."""
+        if self.kind == "choice":
+            return next((i for i, c in enumerate(self.choices)
+                         if c == val and type(c) is type(val)), None)
+        if isinstance(val, bool) or not isinstance(val, (int, float)) or \
+                val != val:
+            return None
+        if self.kind == "log":
+            if val <= 0:
+                return None
+            val = math.log(val)
+        return min(max(val, self.low), self.high)
+
+    def decode(self, x):
+        """The flag value at coordinate x: six significant digits, as
+        random search gives, kept inside the range."""
+        if self.kind == "choice":
+            return self.choices[x]
+        if self.kind == "int":
+            return int(min(max(round(x), self.low + 0.5), self.high - 0.5))
+        if self.kind == "log":
+            low, high = math.exp(self.low), math.exp(self.high)
+            x = math.exp(x)
+        else:
+            low, high = self.low, self.high
+        return min(max(float("%.6g" % x), low), high)
+
+    def random(self, rnd):
+        if self.kind == "choice":
+            return rnd.randrange(len(self.choices))
+        if self.kind == "int":
+            return rnd.randint(int(self.low + 0.5), int(self.high - 0.5))
+        return rnd.uniform(self.low, self.high)
+
+
+def _tpe_space(flags):
+    """The searched flags of a batch's flags, by name: lists are choices, uniform[...] and [LOW:HIGH] ranges are floats
+    or whole numbers, loguniform[...] is searched on a log scale."""
+    dims = []
+    for name in sorted(flags):
+        val = flags[name]
+        if isinstance(val, list) and val:  # one value: a choice still
+            dims.append(_TpeDim(name, "choice", 0, len(val) - 1, list(val)))
+        elif is_distribution(val):
+            low, high = val["low"], val["high"]
+            if val["$dist"] == "loguniform":
+                dims.append(_TpeDim(name, "log", math.log(low),
+                                    math.log(high)))
+            elif isinstance(low, int) and isinstance(high, int):
+                dims.append(_TpeDim(name, "int", low - 0.5, high + 0.5))
+            else:
+                dims.append(_TpeDim(name, "float", low, high))
+    return dims
+
+
+def _phi(z):
+    """The standard normal cumulative distribution at z."""
+    return 0.5 * math.erfc(-z / math.sqrt(2))
+
+
+class _TpeKernels:
+    """The kernels of a mixture along one dimension: for a number, a
+    normal truncated to the range per kernel (mus, sigmas); for a choice,
+    the log probability of each choice per kernel."""
+
+    def __init__(self, dim, xs, n_dims):
+        self.dim = dim
+        n = len(xs)
+        if dim.kind == "choice":
+            m = len(dim.choices)
+            # Each trial's kernel puts its choice first but leaves every
+            # choice possible; the prior kernel is uniform.
+            rows = []
+            for x in xs:
+                row = [_TPE_PRIOR_WEIGHT / (n + 1)] * m
+                row[x] += 1.0
+                total = sum(row)
+                rows.append([math.log(p / total) for p in row])
+            rows.append([-math.log(m)] * m)
+            self.by_choice = [list(col) for col in zip(*rows)]
+            return
+        low, high = dim.low, dim.high
+        width = high - low
+        # Scott's rule shrinks kernels as trials accumulate, more slowly in
+        # more dimensions; the floor keeps a few trials from collapsing
+        # onto points.
+        sigma = _TPE_BANDWIDTH * max(n, 1) ** (-1.0 / (n_dims + 4)) * width
+        sigma = min(max(sigma, width / min(100.0, n + 2.0)), width)
+        self.mus = list(xs) + [0.5 * (low + high)]
+        self.sigmas = [sigma] * n + [width]
+        self.inv_sigmas = [1.0 / s for s in self.sigmas]
+        self.log_masses = [
+            math.log(max(_phi((high - mu) / s) - _phi((low - mu) / s),
+                         1e-300))
+            for mu, s in zip(self.mus, self.sigmas)]
+        self.log_norms = [-math.log(s) - _LOG_SQRT_2PI - lm for s, lm in
+                          zip(self.sigmas, self.log_masses)]
+
+    def log_pdfs(self, x):
+        """The log density (a whole number: the log probability of its
+        step) of each kernel at coordinate x."""
+        if self.dim.kind == "choice":
+            return self.by_choice[x]
+        if self.dim.kind == "int":
+            return [math.log(max(_phi((x + 0.5 - mu) * iv) -
+                                 _phi((x - 0.5 - mu) * iv), 1e-300)) - lm
+                    for mu, iv, lm in zip(self.mus, self.inv_sigmas,
+                                          self.log_masses)]
+        return [ln - 0.5 * ((x - mu) * iv) ** 2 for mu, iv, ln in
+                zip(self.mus, self.inv_sigmas, self.log_norms)]
+
+    def sample(self, k, rnd):
+        """A coordinate drawn from kernel k."""
+        dim = self.dim
+        if dim.kind == "choice":
+            weights = [math.exp(col[k]) for col in self.by_choice]
+            return rnd.choices(range(len(weights)), weights)[0]
+        mu, sigma = self.mus[k], self.sigmas[k]
+        while True:  # the kernel's mass in the range is at least a third
+            x = rnd.gauss(mu, sigma)
+            if dim.low <= x <= dim.high:
+                break
+        if dim.kind == "int":
+            return int(min(max(round(x), dim.low + 0.5), dim.high - 0.5))
+        return x
+
+
+class _TpeMixture:
+    """A Parzen estimator: weighted kernels at points, plus the prior."""
+
+    def __init__(self, space, points, weights):
+        total = sum(weights) + _TPE_PRIOR_WEIGHT
+        self.weights = [w / total for w in weights] + [
+            _TPE_PRIOR_WEIGHT / total]
+        self.log_weights = [math.log(w) for w in self.weights]
+        self.dims = [_TpeKernels(dim, [p[i] for p in points], len(space))
+                     for i, dim in enumerate(space)]
+
+    def log_pdf(self, point):
+        totals = self.log_weights
+        for kernels, x in zip(self.dims, point):
+            totals = [a + b for a, b in zip(totals, kernels.log_pdfs(x))]
+        top = max(totals)
+        return top + math.log(sum(math.exp(t - top) for t in totals))
+
+    def samples(self, n, rnd):
+        picks = rnd.choices(range(len(self.weights)), self.weights, k=n)
+        return [[kernels.sample(k, rnd) for kernels in self.dims]
+                for k in picks]
+
+
+def _tpe_weights(n):
+    """Weights of n trials, oldest first: recent trials count fully, older
+    ones fade (the model follows the search as it moves)."""
+    if n <= _TPE_FLAT_WEIGHTS:
+        return [1.0] * n
+    ramp = n - _TPE_FLAT_WEIGHTS
+    return [1.0 / n + (1.0 - 1.0 / n) * i / max(ramp - 1, 1)
+            for i in range(ramp)] + [1.0] * _TPE_FLAT_WEIGHTS
+
+
+def _tpe_propose(space, history, rnd, random_starts=TPE_RANDOM_STARTS,
+                candidates=TPE_CANDIDATES):
+    """The coordinates of the next trial in space (a list of _TpeDim).
+
+    history lists (coordinates, loss) of the trials so far, oldest first;
+    loss is None for a bad trial (failed, no objective, still in flight).
+    The first random_starts trials, and any while no trial has a loss,
+    are drawn at random.
+    """
+    scored = [i for i, (_, loss) in enumerate(history) if loss is not None]
+    if len(history) < random_starts or not scored or not space:
+        return [dim.random(rnd) for dim in space]
+    n_below = min(int(math.ceil(0.1 * len(history))), _TPE_MAX_BELOW,
+                  len(scored))
+    best = set(sorted(scored, key=lambda i: (history[i][1], i))[:n_below])
+    below = [history[i][0] for i in range(len(history)) if i in best]
+    above = [history[i][0] for i in range(len(history)) if i not in best]
+    good = _TpeMixture(space, below, _tpe_weights(len(below)))
+    bad = _TpeMixture(space, above, _tpe_weights(len(above)))
+    draws = good.samples(candidates, rnd)
+    return max(draws, key=lambda x: good.log_pdf(x) - bad.log_pdf(x))
+
+
+def _objective(attrs):
+    """(scalar, maximize): what a batch's trials are judged by (Guild AI's
+    default: minimize loss)."""
+    objective = attrs.get("objective") or {}
+    return objective.get("scalar") or "loss", bool(objective.get("maximize"))
+
+
+def _trial_loss(summary, scalar, maximize):
+    """A trial's objective as a loss (lower is better), or None if the
+    trial is bad: not completed, or its last value of scalar is missing
+    or not finite."""
+    val = summary["scalars"].get(scalar) if summary["status"] == \
+        "completed" else None
+    if isinstance(val, bool) or not isinstance(val, (int, float)) or \
+            not math.isfinite(val):
+        return None
+    return -val if maximize else val
+
+
+def _batch_trial_summaries(batch_run):
+    """A batch's trials as the store lists them, oldest first."""
+    return sorted((x for x in run_summaries() if x["batch"] == batch_run.id),
+                  key=lambda x: (x["created"] or 0, x["id"]))
+
+
+def _best_trial(trials, scalar, maximize):
+    """(trial number, summary) of the best trial, or None."""
+    scored = [(loss, n, x) for n, x in enumerate(trials, 1)
+              for loss in [_trial_loss(x, scalar, maximize)]
+              if loss is not None]
+    if not scored:
+        return None
+    _, n, x = min(scored, key=lambda t: (t[0], t[1]))
+    return n, x
+
+
+def _best_desc(trials, scalar, maximize):
+    """`best loss 0.031 (trial 17)`, or `no loss yet`."""
+    best = _best_trial(trials, scalar, maximize)
+    if best is None:
+        return "no %s yet" % scalar
+    n, x = best
+    return "best %s %.6g (trial %d)" % (scalar, x["scalars"][scalar], n)
+
+
+def _tpe_next_flags(space, trials, attrs):
+    """The flag values of the next trial, proposed from trials (the
+    batch's trials so far, from the store). Each proposal draws from a
+    generator seeded by the batch's seed and the trial's number, so a
+    batch repeats, and a restarted batch goes on as if never stopped."""
+    scalar, maximize = _objective(attrs)
+    history = []
+    for x in trials:
+        point = [dim.encode(x["flags"].get(dim.name)) for dim in space]
+        if None not in point:  # else the trial is outside a changed space
+            history.append((point, _trial_loss(x, scalar, maximize)))
+    rnd = random.Random("%s:%d" % (attrs.get("random_seed"), len(trials)))
+    starts = (attrs.get("opt_flags") or {}).get("random-starts",
+                                                 TPE_RANDOM_STARTS)
+    point = _tpe_propose(space, history, rnd, starts)
+    return {dim.name: dim.decode(x) for dim, x in zip(space, point)}
+
+
+_TPE_POLL_SECONDS = (0.05, 2.0)  # waiting for results: first, longest
+
+
+def _run_tpe_batch(batch_run, attrs):
+    """Propose, make and run (or stage) trials until max_trials are made
+    and finished; return the batch's exit status.
+
+    Everything the model learns from is read from the store each round:
+    a restarted batch picks up where it stopped, counting its trials
+    still staged or running as in flight. Sequentially, the batch runs its
+    trials itself, one at a time; with --stage-trials it keeps up to
+    in-flight trials staged or running for queues to take.
+    """
+    space = _tpe_space(attrs["proto"]["flags"])
+    scalar, maximize = _objective(attrs)
+    max_trials = attrs.get("max_trials") or DEFAULT_MAX_TRIALS
+    staging = attrs.get("stage_trials")
+    in_flight = (attrs.get("opt_flags") or {}).get(
+        "in-flight", TPE_IN_FLIGHT) if staging else 1
+    started = time.monotonic()
+    poll, shown, trials = _TPE_POLL_SECONDS[0], None, []
+    try:
+        while True:
+            trials = _batch_trial_summaries(batch_run)
+            waiting = [x for x in trials
+                       if x["status"] in ("staged", "pending", "running")]
+            if len(trials) < max_trials and len(waiting) < in_flight:
+                trial = init_trial_run(batch_run, _tpe_next_flags(
+                    space, trials, attrs))
+                if staging:
+                    log.info("Staging trial %s: %s", trial.id,
+                             _trial_desc(trial))
+                    _print_staged(trial, False)
+                continue
+            if not waiting:
+                return 0
+            progress = "trial %d/%d, %s%s" % (
+                len(trials) - len(waiting) + 1, max_trials,
+                _best_desc(trials, scalar, maximize),
+                ", %d in flight" % len(waiting) if staging else "")
+            if progress != shown:
+                _progress(progress, started)
+                shown, poll = progress, _TPE_POLL_SECONDS[0]
+            staged = [x for x in waiting if x["status"] == "staged"]
+            if staged and not staging:
+                trial = Run(staged[0]["id"], os.path.join(
+                    _runs_dir(), staged[0]["id"]))
+                if not _run_trial(trial, batch_run, attrs):
+                    return 1
+                continue
+            _sleep(poll)  # for queues, or another process, to finish trials
+            poll = min(poll * 2, _TPE_POLL_SECONDS[1])
+    except _StopRequested:
+        log.info("Stopping batch")
+        raise
+    finally:
+        _log_tpe_finished(trials, scalar, maximize)
+
+
+def _log_tpe_finished(trials, scalar, maximize):
+    _log_batch_finished([x["status"] for x in trials])
+    best = _best_trial(trials, scalar, maximize)
+    if best:
+        n, x = best
+        log.info("Best trial %s (trial %d): %s %.6g (%s)", x["id"], n,
+                 scalar, x["scalars"][scalar], format_flags(x["flags"],
+                                                            sep=", "))
+
+
+# ---------------------------------------------------------------------------
+## 12. The queue
 # ---------------------------------------------------------------------------
 
 
@@ -2919,7 +3296,7 @@ def _run_queue(queue_run, attrs):
 
 
 # ---------------------------------------------------------------------------
-## 12. Results: compare
+## 13. Results: compare
 # ---------------------------------------------------------------------------
 
 COMPARE_BASE_COLS = ("run", "operation", "started", "time", "status",
@@ -3021,7 +3398,7 @@ def _progress(text, started):
 
 
 # ---------------------------------------------------------------------------
-## 13. The web view
+## 14. The web view
 # ---------------------------------------------------------------------------
 #
 # `guild view` serves the store read-only over HTTP: pages rendered on the
@@ -3955,7 +4332,7 @@ def _is_loopback(host):
 
 
 # ---------------------------------------------------------------------------
-## 14. Python API
+## 15. Python API
 # ---------------------------------------------------------------------------
 
 
@@ -4015,12 +4392,16 @@ def compare(runs=None, **filters):
 def run_attrs(opspec, flags=None, cwd=None, label=None, optimizer=None,
               max_trials=None, random_seed=None, batch_files=(),
               stage_trials=False, fail_on_trial_error=False, gpus=None,
-              force_flags=False):
+              force_flags=False, minimize=None, maximize=None,
+              opt_flags=None):
     """The attributes of a new run of opspec (a batch run if the flags
     hold lists, ranges or distributions, or batch_files or an optimizer
     are given). Validates everything; creates nothing.
 
     flags maps names to command line text (`"0.1"`, `"[a,b]"`) or values.
+    A batch judges its trials by the scalar minimize or maximize names
+    (default: minimize loss); opt_flags maps the optimizer's settings
+    (tpe: random-starts, in-flight) to values.
     """
     cwd = os.path.abspath(cwd or os.getcwd())
     op = _resolve_op(opspec, cwd)
@@ -4033,29 +4414,43 @@ def run_attrs(opspec, flags=None, cwd=None, label=None, optimizer=None,
     if optimizer is None:
         optimizer = "random" if dists else "+" if lists or rows else None
     if optimizer is None:
-        if max_trials is not None or random_seed is not None:
+        if max_trials is not None or random_seed is not None or \
+                minimize or maximize or opt_flags:
             raise UsageError("--max-trials and --random-seed apply to "
-                             "batches: give a flag a list or a range")
+                             "batches (as do --minimize, --maximize and "
+                             "--opt-flag): give a flag a list or a range")
         return {"op": op, "flags": flag_vals, "gpus": gpus,
                 "project": op.get("project"),
                 "label": render_label(label, flag_vals) if label is not None
                 else _default_label(flag_vals)}
+    if optimizer in SKOPT_OPTIMIZERS:
+        raise UsageError("optimizer '%s' is Guild AI's, built on "
+                         "scikit-optimize: use -o tpe, the model-based "
+                         "search built into guild.py" % optimizer)
     if optimizer not in OPTIMIZERS:
         raise UsageError("unsupported optimizer '%s' (use + for grid "
-                         "search or random)" % optimizer)
+                         "search, random, or tpe)" % optimizer)
     if op["kind"] != "script":
         raise OpError("'%s' cannot run as a batch" % opspec)
     if optimizer == "+" and dists:
         raise FlagError("grid search cannot sample %s=%s: use "
                         "--optimizer random, or a list or range[...]"
                         % (dists[0], encode_flag_val(flag_vals[dists[0]])))
-    if optimizer == "random" and rows:
+    if optimizer != "+" and rows:
         raise UsageError("batch files run every row: use them without "
-                         "--optimizer random")
-    if optimizer == "random" and not (dists or lists):
-        raise FlagError("random search needs a search space: give a flag "
+                         "--optimizer %s" % optimizer)
+    if optimizer != "+" and not (dists or lists):
+        raise FlagError("%s search needs a search space: give a flag "
                         "a range or a list, as in lr=[0.001:0.1], "
-                        "lr=loguniform[1e-5:1e-1] or opt=[sgd,adam]")
+                        "lr=loguniform[1e-5:1e-1] or opt=[sgd,adam]"
+                        % optimizer)
+    if optimizer == "tpe" and any(flag_vals[n] == [] for n in lists):
+        raise FlagError("tpe cannot choose from an empty list (%s=[])"
+                        % next(n for n in lists if flag_vals[n] == []))
+    if minimize and maximize:
+        raise UsageError("--minimize and --maximize cannot be used "
+                         "together")
+    opt_flags = _opt_flags(optimizer, opt_flags or {})
     if max_trials is not None and max_trials < 1:
         raise UsageError("--max-trials must be at least 1")
     if random_seed is None:
@@ -4066,8 +4461,31 @@ def run_attrs(opspec, flags=None, cwd=None, label=None, optimizer=None,
             "max_trials": max_trials, "random_seed": random_seed,
             "batch_rows": rows or None,
             "fail_on_trial_error": bool(fail_on_trial_error),
+            "objective": {"scalar": maximize or minimize or "loss",
+                          "maximize": bool(maximize)},
+            "opt_flags": opt_flags,
             "proto": {"op": op, "flags": flag_vals, "label": label,
                       "given": sorted(raw)}}
+
+
+def _opt_flags(optimizer, given):
+    """An optimizer's settings (-Fo NAME=VAL), checked: whole numbers no
+    smaller than each allows."""
+    known = OPT_FLAGS.get(optimizer, {})
+    flags = {}
+    for name, val in sorted(given.items()):
+        if name not in known:
+            raise UsageError("unknown optimizer flag '%s' for %s%s" % (
+                name, optimizer, " (%s)" % ", ".join(sorted(known))
+                if known else ": it takes none"))
+        if isinstance(val, str):
+            val = decode_flag_val(val)
+        if isinstance(val, bool) or not isinstance(val, int) or \
+                val < known[name]:
+            raise UsageError("optimizer flag %s must be a whole number of "
+                             "at least %d" % (name, known[name]))
+        flags[name] = val
+    return flags
 
 
 def create_run(opspec, flags=None, cwd=None, stage=False, run_dir=None,
@@ -4097,7 +4515,7 @@ def _create_run(attrs, stage, run_dir=None):
 
 
 # ---------------------------------------------------------------------------
-## 15. Command line
+## 16. Command line
 # ---------------------------------------------------------------------------
 
 
@@ -4326,12 +4744,25 @@ def _build_run_parser(p):
                    help="stage a batch's trials instead of running them")
     p.add_argument("-o", "--optimizer", metavar="NAME",
                    help="run as a batch: + (grid search, the default for "
-                   "lists) or random (the default for ranges)")
+                   "lists), random (the default for ranges) or tpe "
+                   "(model-based search)")
+    p.add_argument("-O", "--optimize", action="store_true",
+                   help="run as a batch with the default optimizer, tpe")
+    p.add_argument("-N", "--minimize", metavar="SCALAR",
+                   help="the scalar an optimizer minimizes (default loss)")
+    p.add_argument("-X", "--maximize", metavar="SCALAR",
+                   help="the scalar an optimizer maximizes")
+    p.add_argument("-Fo", "--opt-flag", dest="opt_flags", action="append",
+                   default=[], metavar="NAME=VAL",
+                   help="an optimizer setting; tpe: random-starts=N "
+                   "(default %d), in-flight=K (trials kept staged or "
+                   "running with --stage-trials, default %d)"
+                   % (TPE_RANDOM_STARTS, TPE_IN_FLIGHT))
     p.add_argument("-m", "--max-trials", type=int, metavar="N",
                    help="at most N trials (random search: N, default %d)"
                    % DEFAULT_MAX_TRIALS)
     p.add_argument("--random-seed", type=int, metavar="N",
-                   help="seed for random search and --max-trials")
+                   help="seed for random search, tpe and --max-trials")
     p.add_argument("--print-trials", action="store_true",
                    help="show the trials a batch would run, run nothing")
     p.add_argument("--fail-on-trial-error", action="store_true",
@@ -4365,11 +4796,13 @@ def _cmd_run(args):
         print(_flagdefs_help(args.opspec, _op_flagdefs(op), doc))
         return 0
     attrs = run_attrs(
-        args.opspec, raw_flags, label=args.label, optimizer=args.optimizer,
+        args.opspec, raw_flags, label=args.label,
+        optimizer=args.optimizer or ("tpe" if args.optimize else None),
         max_trials=args.max_trials, random_seed=args.random_seed,
         batch_files=batch_files, stage_trials=args.stage_trials,
         fail_on_trial_error=args.fail_on_trial_error, gpus=args.gpus,
-        force_flags=args.force_flags)
+        force_flags=args.force_flags, minimize=args.minimize,
+        maximize=args.maximize, opt_flags=_parse_opt_flags(args.opt_flags))
     if args.print_trials:
         _print_trials(attrs)
         return 0
@@ -4383,13 +4816,32 @@ def _cmd_run(args):
     return _exit_code(_start_run(run))
 
 
+def _parse_opt_flags(args):
+    """-Fo NAME=VAL arguments as a dict of text values."""
+    flags = {}
+    for arg in args:
+        name, sep, val = arg.partition("=")
+        if not sep or not name.strip():
+            raise UsageError("invalid optimizer flag '%s': expected "
+                             "NAME=VAL" % arg)
+        flags[name.strip()] = val
+    return flags
+
+
 def _run_prompt(args, attrs):
     verb = "stage" if args.stage else "run"
     proto = attrs.get("proto")
-    if proto:
+    optimizer = attrs["op"]["name"] if proto else None
+    if optimizer == "tpe":
+        scalar, maximize = _objective(attrs)
+        n = attrs.get("max_trials") or DEFAULT_MAX_TRIALS
+        what = "%s as a batch (tpe, %d trial%s, %s %s)" % (
+            args.opspec, n, "" if n == 1 else "s",
+            "maximize" if maximize else "minimize", scalar)
+    elif proto:
         n = len(batch_trials(attrs))
         what = "%s as a batch (%s, %d trial%s)" % (
-            args.opspec, "random search" if attrs["op"]["name"] == "random"
+            args.opspec, "random search" if optimizer == "random"
             else "grid search", n, "" if n == 1 else "s")
     else:
         what = args.opspec
@@ -4527,8 +4979,24 @@ def _cmd_runs_info(args):
         else:
             lines.append("  %s: %s (step %s)" % (key, _num(st["last"]),
                                                  st["step"]))
+    if attrs["op"].get("kind") == "batch":
+        lines += _best_trial_lines(run, attrs)
     print("\n".join(lines))
     return 0
+
+
+def _best_trial_lines(batch_run, attrs):
+    """A batch's best trial by its objective, and that trial's flags."""
+    scalar, maximize = _objective(attrs)
+    trials = _batch_trial_summaries(batch_run)
+    best = _best_trial(trials, scalar, maximize)
+    if best is None:
+        return ["best_trial: (no trial with %s)" % scalar]
+    n, x = best
+    return ["best_trial: %s (trial %d of %d, %s %s)" % (
+        x["id"], n, len(trials), scalar, _num(x["scalars"][scalar])),
+        "best_flags:"] + ["  %s: %s" % (name, encode_flag_val(val))
+                          for name, val in sorted(x["flags"].items())]
 
 
 def _build_stop_parser(p):
@@ -4903,7 +5371,7 @@ def main(argv=None):
 
 
 # ---------------------------------------------------------------------------
-## 16. Compatibility namespaces
+## 17. Compatibility namespaces
 # ---------------------------------------------------------------------------
 
 
@@ -4929,7 +5397,7 @@ run = _namespace(
     Run=Run, mkid=mkid, run_status=run_status)
 
 # ---------------------------------------------------------------------------
-## 17. Script entry
+## 18. Script entry
 # ---------------------------------------------------------------------------
 
 # MIT License

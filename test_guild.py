@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -1054,7 +1055,7 @@ class RunTest(GuildTestCase):
 
 
 # ---------------------------------------------------------------------------
-# 10-11. Batches and the queue
+# 10-12. Batches, optimizers and the queue
 # ---------------------------------------------------------------------------
 
 
@@ -1230,6 +1231,296 @@ class BatchStopTest(GuildTestCase):
                          "epochs=7 fast=no lr=0.5 name=x")
         code, out = self.guild("run", "--restart", "1", "lr=[1,2]", "-y")
         self.assertIn("guild: a restart cannot make a run a batch", out)
+
+
+def _tpe_space(**flags):
+    return guild._tpe_space({n: guild.decode_flag_val(v)
+                             for n, v in flags.items()})
+
+
+def _tpe_search(space, fn, seed, budget, **kw):
+    """Run tpe in-process on fn (of a dict of flag values); return the
+    history as _tpe_propose sees it."""
+    history = []
+    for n in range(budget):
+        point = guild._tpe_propose(space, history,
+                                   random.Random("%s:%d" % (seed, n)), **kw)
+        vals = {d.name: d.decode(x) for d, x in zip(space, point)}
+        history.append(([d.encode(vals[d.name]) for d in space], fn(vals)))
+    return history
+
+
+class TpeSamplerTest(unittest.TestCase):
+    """The sampler called directly: fast, and what the CLI builds on."""
+
+    def test_space_from_flags(self):
+        space = _tpe_space(lr="loguniform[1e-5:1e-1]", opt="[sgd,adam]",
+                           layers="[1:6]", dropout="[0.0:0.5]", seed="7",
+                           one="[3]")
+        self.assertEqual([(d.name, d.kind) for d in space], [
+            ("dropout", "float"), ("layers", "int"), ("lr", "log"),
+            ("one", "choice"), ("opt", "choice")])
+
+    def test_proposals_stay_inside_the_space_with_their_types(self):
+        space = _tpe_space(lr="loguniform[1e-5:1e-1]", opt="[sgd,adam,1]",
+                           layers="[1:6]", dropout="[0.0:0.5]")
+        history = _tpe_search(space, lambda f: f["dropout"] + f["layers"],
+                              1, 40, random_starts=5)
+        lrs = []
+        for point, _ in history:
+            vals = {d.name: d.decode(x) for d, x in zip(space, point)}
+            self.assertIsInstance(vals["layers"], int)
+            self.assertTrue(1 <= vals["layers"] <= 6)
+            self.assertIsInstance(vals["lr"], float)
+            self.assertTrue(1e-5 <= vals["lr"] <= 1e-1)
+            self.assertIn(vals["opt"], ["sgd", "adam", 1])
+            self.assertTrue(0.0 <= vals["dropout"] <= 0.5)
+            lrs.append(vals["lr"])
+        # A log scale: as many values below 1e-3 as above (uniform would
+        # put 99% above).
+        self.assertGreater(sum(1 for lr in lrs if lr < 1e-3), 8)
+        self.assertGreater(sum(1 for lr in lrs if lr > 1e-3), 8)
+        # The model finds the low corner of dropout and layers.
+        last = [{d.name: d.decode(x) for d, x in zip(space, p)}
+                for p, _ in history[-10:]]
+        self.assertGreater(sum(1 for v in last if v["layers"] == 1), 5)
+
+    def test_end_values_of_whole_numbers_are_proposed(self):
+        space = _tpe_space(n="[1:3]")
+        seen = {space[0].decode(p[0]) for p, _ in _tpe_search(
+            space, lambda f: -f["n"], 1, 30, random_starts=3)}
+        self.assertEqual(seen, {1, 2, 3})
+
+    def test_seeds_repeat(self):
+        space = _tpe_space(x="[0.0:1.0]", y="[a,b,c]")
+        def fn(f):
+            return f["x"] + (f["y"] == "a")
+        one = _tpe_search(space, fn, 5, 25, random_starts=5)
+        self.assertEqual(one, _tpe_search(space, fn, 5, 25, random_starts=5))
+        self.assertNotEqual(one, _tpe_search(space, fn, 6, 25,
+                                             random_starts=5))
+
+    def test_bad_trials_push_proposals_away(self):
+        # Good trials at 0.5; bad ones (failed, no objective, or in flight)
+        # crowd 0.4: proposals go the other way from 0.5. Were bad trials
+        # ignored, both sides would be alike.
+        space = _tpe_space(x="[0.0:1.0]")
+        history = [([0.5], 0.0), ([0.5], 0.0)] + [([0.4], None)] * 10 + [
+            ([0.1], 1.0), ([0.9], 1.0)]
+        sides = [guild._tpe_propose(space, history, random.Random(seed),
+                                    random_starts=0)[0] > 0.5
+                 for seed in range(20)]
+        self.assertGreater(sum(sides), 15)
+
+    def test_in_flight_proposals_spread_out(self):
+        # Trials in flight count as bad (the constant liar), so proposals
+        # made before their results differ and keep apart.
+        space = _tpe_space(x="[0.0:1.0]")
+        scored = [([x / 10], (x / 10 - 0.5) ** 2) for x in range(11)]
+        gaps = {}
+        for liar in (True, False):
+            gaps[liar] = []
+            for seed in range(10):
+                pending = []
+                for k in range(4):
+                    rnd = random.Random("%d:%d" % (seed, k))
+                    history = scored + ([(p, None) for p in pending]
+                                        if liar else [])
+                    pending.append(guild._tpe_propose(space, history, rnd,
+                                                      random_starts=0))
+                xs = sorted(p[0] for p in pending)
+                gaps[liar].append(min(b - a for a, b in zip(xs, xs[1:])))
+        self.assertTrue(all(gap > 0 for gap in gaps[True]))
+        self.assertGreater(sum(gaps[True]), 2 * sum(gaps[False]))
+
+    def test_beats_random_search_on_a_1d_function(self):
+        # Same seeds, same budget: random search's trials are those a
+        # random batch makes. Deterministic.
+        def fn(f):
+            return (f["x"] - 0.73) ** 2
+        flags = {"x": guild.decode_flag_val("[0.0:1.0]")}
+        space = guild._tpe_space(flags)
+        wins, ratios = 0, []
+        for seed in range(1, 11):
+            rand = min(fn(t) for t in guild.batch_trials({
+                "op": {"kind": "batch", "name": "random"},
+                "proto": {"flags": flags}, "max_trials": 30,
+                "random_seed": seed}))
+            tpe = min(v for _, v in _tpe_search(space, fn, seed, 30))
+            wins += tpe < rand
+            ratios.append(rand / tpe)
+        self.assertGreaterEqual(wins, 8)
+        self.assertGreater(sorted(ratios)[5], 10)
+
+    def test_proposal_with_no_result_yet_is_random(self):
+        space = _tpe_space(x="[0.0:1.0]")
+        history = [([0.5], None)] * 20
+        rnd = random.Random(3)
+        self.assertEqual(guild._tpe_propose(space, history, rnd),
+                         [random.Random(3).uniform(0.0, 1.0)])
+
+
+TPE_SCRIPT = """\
+import os, sys, time
+x = 0.5
+fail = 0.9
+print("loss: %f" % ((x - 0.3) ** 2))
+print("acc: %f" % (1 - x))
+if x > fail:
+    sys.exit(1)
+"""
+
+
+class TpeBatchTest(GuildTestCase):
+    """tpe through the command line."""
+    starts_scripts = True  # also run in the fresh-interpreter pass
+
+    def setUp(self):
+        super().setUp()
+        write(path(self.project, "quad.py"), TPE_SCRIPT)
+
+    def trials(self, batch):
+        return sorted((r for r in self.runs() if r.get("batch") == batch.id),
+                      key=lambda r: r.get("created"))
+
+    def test_sequential_batch(self):
+        code, out = self.guild("run", "quad.py", "x=[0.0:1.0]", "fail=2",
+                               "-o", "tpe", "-m", "8", "-Fo",
+                               "random-starts=3", "--random-seed", "4", "-y")
+        self.assertEqual(code, 0, out)
+        self.assertIn("Batch finished: 8 completed", out)
+        self.assertIn("Best trial ", out)
+        batch = self.runs()[-1]
+        self.assertEqual(batch.op_desc, "quad.py+tpe")
+        trials = self.trials(batch)
+        self.assertEqual(len(trials), 8)
+        losses = [(t.flags["x"] - 0.3) ** 2 for t in trials]
+        best = min(range(8), key=lambda i: losses[i])
+        code, out = self.guild("runs", "info", batch.id[:8])
+        self.assertIn("best_trial: %s (trial %d of 8, loss " % (
+            trials[best].id, best + 1), out)
+        self.assertIn("best_flags:\n  fail: 2.0\n  x: %s\n" % (
+            guild.encode_flag_val(trials[best].flags["x"])), out)
+        # The same seed proposes the same trials.
+        self.guild("run", "quad.py", "x=[0.0:1.0]", "fail=2", "-o", "tpe",
+                   "-m", "8", "-Fo", "random-starts=3", "--random-seed", "4",
+                   "-y")
+        again = self.trials([r for r in self.runs()
+                             if r.op_desc == "quad.py+tpe"][0])
+        self.assertEqual([t.flags for t in again], [t.flags for t in trials])
+
+    def test_failed_trials_count_as_bad(self):
+        # Trials with x > fail print the best loss, then fail: the model
+        # learns to avoid them, and they are never the best.
+        code, out = self.guild("run", "quad.py", "x=[0.0:1.0]", "fail=0.25",
+                               "-o", "tpe", "-m", "12", "-Fo",
+                               "random-starts=4", "--random-seed", "1",
+                               "--maximize", "acc", "-y")
+        self.assertEqual(code, 0, out)
+        batch = self.runs()[-1]
+        trials = self.trials(batch)
+        failed = [t for t in trials if t.status == "error"]
+        self.assertTrue(failed)
+        self.assertIn("failed", out)
+        code, out = self.guild("runs", "info", batch.id[:8])
+        best = [line for line in out.splitlines()
+                if line.startswith("best_trial: ")][0]
+        self.assertNotIn(best.split()[1], [t.id for t in failed])
+        done = sorted((t for t in trials if t.status == "completed"),
+                      key=lambda t: -(1 - t.flags["x"]))
+        self.assertIn("best_trial: %s" % done[0].id, best)
+        self.assertIn(", acc ", best)
+
+    @unittest.skipIf(IS_WINDOWS, "POSIX signals")
+    def test_stopped_batch_restarts_from_the_store(self):
+        # The fourth trial to start sleeps, so that the batch stops in it.
+        write(path(self.project, "slow.py"),
+              TPE_SCRIPT + "started = len(os.listdir(os.environ['MARKS']))\n"
+              "open(os.path.join(os.environ['MARKS'], os.environ['RUN_ID'])"
+              ", 'w').close()\n"
+              "if started == 3:\n"
+              "    print('sleeping', flush=True)\n    time.sleep(30)\n")
+        marks = mkdtemp()
+        os.environ["MARKS"] = marks
+        self.addCleanup(os.environ.pop, "MARKS")
+        p = self.start_guild("run", "slow.py", "x=[0.0:1.0]", "-o", "tpe",
+                             "-m", "6", "-Fo", "random-starts=2",
+                             "--random-seed", "2", "-y")
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=30)
+        batch = [r for r in self.runs() if r.op_desc == "slow.py+tpe"][0]
+        before = self.trials(batch)
+        self.assertEqual([t.status for t in before],
+                         ["completed"] * 3 + ["terminated"])
+        self.assertEqual(batch.status, "terminated")
+        summaries = guild._batch_trial_summaries(batch)
+        expected = guild._tpe_next_flags(guild._tpe_space(
+            batch._attrs()["proto"]["flags"]), summaries, batch._attrs())
+        code, out = self.guild("run", "--restart", batch.id, "-y")
+        self.assertEqual(code, 0, out)
+        after = self.trials(batch)
+        self.assertEqual(len(after), 6)
+        self.assertEqual([t.id for t in after[:4]], [t.id for t in before])
+        self.assertEqual(after[4].flags["x"], expected["x"])
+        self.assertEqual([t.status for t in after[4:]], ["completed"] * 2)
+        self.assertEqual(batch.status, "completed")
+
+    def test_staged_trials_in_flight_for_queues(self):
+        p = self.start_guild("run", "quad.py", "x=[0.0:1.0]", "-o", "tpe",
+                             "-m", "7", "--stage-trials", "-Fo",
+                             "in-flight=3", "-Fo", "random-starts=2", "-y",
+                             until=b"staged as")
+        time.sleep(0.3)
+        staged = [r for r in self.runs() if r.status == "staged"]
+        self.assertEqual(len(staged), 3)  # no more: none has finished
+        queue = self.start_guild("run", "queue", "poll-interval=1", "-y",
+                                 until=b"Processing staged runs")
+        self.addCleanup(queue.kill)
+        self.assertEqual(p.wait(timeout=60), 0)
+        out = p.stdout.read().decode()
+        self.assertIn("Batch finished: ", out)
+        trials = [r for r in self.runs() if r.op_desc == "quad.py"]
+        self.assertEqual(len(trials), 7)
+        self.assertEqual({t.status for t in trials} - {"completed",
+                                                       "error"}, set())
+        self.assertEqual(len({t.flags["x"] for t in trials}), 7)
+        queue.send_signal(signal.SIGTERM)
+        queue.wait(timeout=30)
+
+    def test_refusals(self):
+        for args, message in [
+                (["-o", "gp"], "optimizer 'gp' is Guild AI's, built on "
+                 "scikit-optimize: use -o tpe"),
+                (["-o", "forest"], "use -o tpe"),
+                (["-o", "gbrt"], "use -o tpe"),
+                (["-o", "tpe", "--print-trials"], "tpe proposes each trial "
+                 "from the results of the trials before it"),
+                (["-o", "tpe", "-Fo", "starts=3"], "unknown optimizer flag "
+                 "'starts' for tpe (in-flight, random-starts)"),
+                (["-o", "tpe", "-Fo", "in-flight=0"], "in-flight must be a "
+                 "whole number of at least 1"),
+                (["-o", "tpe", "-Fo", "x"], "expected NAME=VAL"),
+                (["-o", "random", "-Fo", "in-flight=2"], "for random: it "
+                 "takes none"),
+                (["-N", "loss", "-X", "acc"], "cannot be used together"),
+                (["-o", "tpe", "fail=[]"], "tpe cannot choose from an "
+                 "empty list")]:
+            with self.subTest(args=args):
+                self.assertGuildError(self.guild(
+                    "run", "quad.py", "x=[0.0:1.0]", *(args + ["-y"])),
+                    message)
+        self.assertGuildError(self.guild("run", "quad.py", "-N", "acc",
+                                         "-y"), "apply to batches")
+        self.assertEqual(self.runs(), [])
+
+    def test_progress_on_a_terminal(self):
+        out, err = ProgressTest.run_in_pty(self, [
+            "run", "quad.py", "x=[0.0:1.0]", "-O", "-m", "3", "-y"],
+            env={"NO_COLOR": "1"})
+        self.assertIn("[guild] trial 1/3, no loss yet, 0:00:00 elapsed",
+                      err)
+        self.assertRegex(err, r"\[guild\] trial 3/3, best loss [0-9.e-]+ "
+                         r"\(trial [12]\)")
 
 
 class QueueTest(GuildTestCase):
@@ -1817,7 +2108,7 @@ class LabelTest(GuildTestCase):
 
 
 # ---------------------------------------------------------------------------
-# 13. The web view
+# 14. The web view
 # ---------------------------------------------------------------------------
 
 
@@ -2228,7 +2519,7 @@ class ViewCommandTest(GuildTestCase):
 
 
 # ---------------------------------------------------------------------------
-# 12-14. API and packaging
+# 15-16. API and packaging
 # ---------------------------------------------------------------------------
 
 
