@@ -3102,7 +3102,8 @@ def _best_desc(trials, scalar, maximize):
     if best is None:
         return "no %s yet" % scalar
     n, x = best
-    return "best %s %.6g (trial %d)" % (scalar, x["scalars"][scalar], n)
+    return "best %s %s (trial %d)" % (scalar, _num(x["scalars"][scalar]),
+                                      n)
 
 
 def _tpe_next_flags(space, trials, attrs):
@@ -3187,9 +3188,9 @@ def _log_tpe_finished(trials, scalar, maximize):
     best = _best_trial(trials, scalar, maximize)
     if best:
         n, x = best
-        log.info("Best trial %s (trial %d): %s %.6g (%s)", x["id"], n,
-                 scalar, x["scalars"][scalar], format_flags(x["flags"],
-                                                            sep=", "))
+        log.info("Best trial %s (trial %d): %s %s (%s)", x["id"], n,
+                 scalar, _num(x["scalars"][scalar]),
+                 format_flags(x["flags"], sep=", "))
 
 
 # ---------------------------------------------------------------------------
@@ -4979,6 +4980,7 @@ def _cmd_runs_info(args):
         else:
             lines.append("  %s: %s (step %s)" % (key, _num(st["last"]),
                                                  st["step"]))
+    attrs = run._attrs()
     if attrs["op"].get("kind") == "batch":
         lines += _best_trial_lines(run, attrs)
     print("\n".join(lines))
