@@ -1403,17 +1403,51 @@ def _exit_status_name(exit_status, stopped_by_user):
 
 # Scalars: output lines `key: number` are recorded while a run goes, one
 # JSON list [key, value, step, time] a line; `step: N` sets the step of the
-# lines after it.
+# lines after it. The grammar is Guild AI's default output scalars: a key
+# is anything without spaces, up to the last colon before the value (so
+# `acc@5`, `val/loss`, `INFO:root:loss`); at least one space or tab, a
+# number, then optionally a parenthesized note, `(step 7)` or `(7)` setting
+# the step from there on. Beyond Guild: indented lines, a + sign, an
+# upper-case exponent, nan and inf; a carriage return starts the line
+# afresh, as on a terminal (progress bars redraw that way).
 
+_SCALAR_NUMBER = (r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?"
+                  r"|nan|inf|infinity)")
 _SCALAR_RE = re.compile(
-    r"^\s*([A-Za-z_][\w./\-]*):\s+([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?"
-    r"|\.\d+(?:[eE][-+]?\d+)?|nan|inf|infinity))\s*$", re.IGNORECASE)
+    r"^[ \t]*([^ \t]+):\s+(%s)(?:\s+\((.*)\))?$" % _SCALAR_NUMBER,
+    re.IGNORECASE)
+_SCALAR_STEP_NOTE_RE = re.compile(r"^(?:step\s+)?(\d+)$")
+# Guild AI takes a step note from a `key: value (step N)` anywhere in a
+# line, even where the line as a whole is not a scalar.
+_SCALAR_STEP_ANYWHERE_RE = re.compile(
+    r"[^ \t]+: +[0-9.e\-]+\s+\((?:step\s+)?(\d+)\)$")
+
+
+def _scalar_line(line):
+    """(key, value, step) of an output line; key None where the line is
+    not a scalar, step None where it sets none."""
+    line = line.rstrip()
+    if "\r" in line:
+        line = line.rpartition("\r")[2]
+    m = _SCALAR_RE.match(line)
+    if m is None:
+        if line.endswith(")"):
+            m = _SCALAR_STEP_ANYWHERE_RE.search(line)
+            if m:
+                return None, None, int(m.group(1))
+        return None, None, None
+    key, val, note = m.groups()
+    step = None
+    if note is not None:
+        step_m = _SCALAR_STEP_NOTE_RE.match(note)
+        step = int(step_m.group(1)) if step_m else None
+    return key, float(val), step
 
 
 def parse_scalar_line(line):
     """(key, value) if line reads `key: number`, else None."""
-    m = _SCALAR_RE.match(line)
-    return (m.group(1), float(m.group(2))) if m else None
+    key, val, _step = _scalar_line(line)
+    return None if key is None else (key, val)
 
 
 class _ScalarRecorder:
@@ -1440,10 +1474,11 @@ class _ScalarRecorder:
             self._line(line)
 
     def _line(self, line):
-        scalar = parse_scalar_line(line.rstrip("\r"))
-        if scalar is None:
+        key, val, step = _scalar_line(line)
+        if step is not None:
+            self.step = step
+        if key is None:
             return
-        key, val = scalar
         if key == "step":
             if val == val and abs(val) != float("inf"):
                 self.step = int(val)

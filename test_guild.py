@@ -1939,12 +1939,32 @@ class ScalarTest(GuildTestCase):
         self.assertTrue(val != val)
         self.assertEqual(p("x: -inf"), ("x", float("-inf")))
         self.assertEqual(p("x: Infinity"), ("x", float("inf")))
+        # Guild AI's patterns: any key without spaces, a note in brackets.
+        self.assertEqual(p("acc@5: 0.8"), ("acc@5", 0.8))
+        self.assertEqual(p("a-b.c_d: 2"), ("a-b.c_d", 2.0))
+        self.assertEqual(p("INFO:root:loss: 4"), ("INFO:root:loss", 4.0))
+        self.assertEqual(p("http://host: 1"), ("http://host", 1.0))
+        self.assertEqual(p("loss: 0.31 (best)"), ("loss", 0.31))
+        self.assertEqual(p("loss: 0.3 (step 7)"), ("loss", 0.3))
+        self.assertEqual(p("loss:\t5."), ("loss", 5.0))
+        self.assertEqual(p("bar 10%|#  \rloss: 2\r\n"), ("loss", 2.0))
         for line in ["Epoch 1: loss 0.3", "time: 12:30", "version: 1.2.3",
-                     "loss: 0.31 (best)", "loss:0.31", "loss: ", "loss: abc",
-                     "http://host: 1", "- loss: 1", "loss: 1 2", "",
-                     "loss: 0x10", "loss: nanny"]:
+                     "loss:0.31", "loss: ", "loss: abc", "- loss: 1",
+                     "loss: 1 2", "", "loss: 0x10", "loss: nanny",
+                     "loss: 0.3 extra", "loss: 1-2", "loss: 1_000",
+                     ": 1", "loss: 0.3 (step 7) x"]:
             with self.subTest(line=line):
                 self.assertIsNone(p(line))
+
+    def test_step_notes(self):
+        s = guild._scalar_line
+        self.assertEqual(s("loss: 0.3 (step 7)"), ("loss", 0.3, 7))
+        self.assertEqual(s("loss: 0.3 (7)"), ("loss", 0.3, 7))
+        self.assertEqual(s("loss: 0.3 (step x)"), ("loss", 0.3, None))
+        # As in Guild AI, a step note counts even where the line is not
+        # a scalar as a whole.
+        self.assertEqual(s("Epoch 3 loss: 0.3 (step 9)"), (None, None, 9))
+        self.assertEqual(s("Epoch 3"), (None, None, None))
 
     def test_recorder_splits_lines_across_chunks_and_steps(self):
         target = path(self.project, "scalars")
@@ -1955,8 +1975,9 @@ class ScalarTest(GuildTestCase):
         rec.close()
         with open(target, encoding="utf-8") as f:
             records = [json.loads(line)[:3] for line in f]
-        # The split UTF-8 line decodes; its key is not a scalar name.
+        # The UTF-8 character split across chunks decodes whole.
         self.assertEqual(records, [["loss", 1.0, 0], ["loss", 0.5, 2],
+                                   ["\u00e9t\u00e9", 3.0, 2],
                                    ["acc", 0.9, 2]])
 
     def test_overlong_lines_are_skipped(self):
@@ -1976,6 +1997,37 @@ class ScalarTest(GuildTestCase):
         self.assertEqual(stats["a"], {"last": 3.0, "min": 1.0, "max": 3.0,
                                       "step": 2, "count": 3})
         self.assertEqual(stats["b"]["last"], 5.0)
+
+    def test_guild_ai_output_patterns_through_cli(self):
+        # The lines Guild AI 0.9.0 records, and those it ignores.
+        write(path(self.project, "report.py"), "\n".join([
+            "print('loss: 0.3 (step 7)')", "print('acc@5: 0.8')",
+            "print('val/loss: 0.1')", "print('a-b.c: 2')",
+            "print('x: 1.0E-04')", "print('  indented: 3')",
+            "print('nan_val: nan')", "print('ignored: 0.5 extra')",
+            "print('ignored2: 1-2')", "print('ignored3:5')",
+            "print('Epoch 3 t: 0.3 (step 9)')", "print('after: 1')",
+            "print('note: 0.5 (best)')", ""]))
+        code, out = self.guild("run", "report.py", "-y")
+        self.assertEqual(code, 0, out)
+        code, out = self.guild("runs", "info")
+        self.assertEqual(out.split("scalars:\n")[1].splitlines(), [
+            "  a-b.c: 2 (step 7)", "  acc@5: 0.8 (step 7)",
+            "  after: 1 (step 9)", "  indented: 3 (step 7)",
+            "  loss: 0.3 (step 7)", "  nan_val: nan (step 7)",
+            "  note: 0.5 (step 9)", "  val/loss: 0.1 (step 7)",
+            "  x: 0.0001 (step 7)"])
+
+    def test_crash_keeps_scalars_already_printed(self):
+        write(path(self.project, "crash.py"),
+              "print('step: 3')\nprint('loss: 0.5', flush=True)\n"
+              "raise SystemExit('diverged')\n")
+        code, out = self.guild("run", "crash.py", "-y")
+        self.assertNotEqual(code, 0, out)
+        run = self.runs()[0]
+        self.assertEqual(run.status, "error")
+        self.assertEqual([r[:3] for r in run.scalar_history()],
+                         [("loss", 0.5, 3)])
 
     @unittest.skipIf(IS_WINDOWS, "POSIX signals")
     def test_ctrl_c_keeps_scalars_already_printed(self):
