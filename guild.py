@@ -29,18 +29,19 @@ file): copy this file freely, keep this notice.
 #   4. Small utilities: ids, time, JSON files, processes, host beats
 #   5. Locks
 #   6. Flags: decoding, encoding, inference
-#   7. Runs: the run directory, its status and its scalars
-#   8. The run store: indexes, the listing cache, filters, the trash
-#   9. Operations: creating, staging, starting and stopping runs
-#  10. Batches and trials
-#  11. Optimizers: model-based search (tpe)
-#  12. The queue
-#  13. Results: compare
-#  14. The web view
-#  15. Python API
-#  16. Command line
-#  17. Compatibility namespaces
-#  18. Script entry
+#   7. TensorBoard event files
+#   8. Runs: the run directory, its status and its scalars
+#   9. The run store: indexes, the listing cache, filters, the trash
+#  10. Operations: creating, staging, starting and stopping runs
+#  11. Batches and trials
+#  12. Optimizers: model-based search (tpe)
+#  13. The queue
+#  14. Results: compare
+#  15. The web view
+#  16. Python API
+#  17. Command line
+#  18. Compatibility namespaces
+#  19. Script entry
 
 __version__ = "0.1.0"
 
@@ -103,6 +104,7 @@ import random
 import re
 import shutil
 import signal
+import struct
 import sys
 import threading
 import time
@@ -193,6 +195,7 @@ PROC_ATTRS = "proc.json"  # the process running it, and when it started
 EXIT_ATTRS = "exit.json"  # how it ended
 OUTPUT_FILE = "output"  # what it printed, stdout and stderr as one stream
 SCALARS_FILE = "scalars"  # `key: number` lines it printed, one JSON a line
+EVENTS_INDEX = "tfevents.json"  # how far its event files were read (cache)
 
 QUEUE_FLAGDEFS = {
     "gpus": {"type": "string", "default": None,
@@ -1207,7 +1210,318 @@ def _flagdefs_help(op_name, flagdefs, doc=None):
 
 
 # ---------------------------------------------------------------------------
-## 7. Runs: the run directory, its status and its scalars
+## 7. TensorBoard event files
+# ---------------------------------------------------------------------------
+#
+# Scripts that log with torch's or tensorboardX's SummaryWriter, or with
+# tf.summary, print nothing: their scalars are in `*.tfevents.*` files.
+# Such a file is a sequence of TFRecords (an 8-byte little-endian length,
+# the masked CRC-32C of those 8 bytes, the payload, the payload's masked
+# CRC-32C); each payload is an `Event` protobuf. The primitives below
+# (CRC-32C, varints, protobuf fields, framing) serve readers and writers.
+
+_CRC32C_TABLE = []  # filled on first use: most commands never need it
+
+
+def _crc32c(data):
+    """The CRC-32C (Castagnoli) of bytes data; the standard library has
+    only the other CRC-32."""
+    table = _CRC32C_TABLE
+    if not table:
+        for n in range(256):
+            for _ in range(8):
+                n = (n >> 1) ^ 0x82F63B78 if n & 1 else n >> 1
+            table.append(n)
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def _masked_crc32c(data):
+    """The CRC as TFRecords store it: rotated right 15 bits, plus a
+    constant (so that a CRC of CRC-bearing data is not trivial)."""
+    crc = _crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _encode_varint(n):
+    """A protobuf varint; a negative int64 takes ten bytes."""
+    if n < 0:
+        n += 1 << 64
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _decode_varint(buf, pos):
+    """(value, position after it) of the varint at buf[pos]."""
+    result = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _proto_field(number, value):
+    """One protobuf field: an int is a varint, bytes are length-delimited
+    (a string or a message), a float is a double; for a float32 or other
+    fixed-size encodings pass (wire_type, packed bytes)."""
+    if isinstance(value, tuple):
+        wire, data = value
+        return _encode_varint(number << 3 | wire) + data
+    if isinstance(value, int):
+        return _encode_varint(number << 3) + _encode_varint(value)
+    if isinstance(value, float):
+        return _encode_varint(number << 3 | 1) + struct.pack("<d", value)
+    return (_encode_varint(number << 3 | 2) + _encode_varint(len(value))
+            + value)
+
+
+def _proto_fields(buf, pos, end):
+    """The fields of the message in buf[pos:end]: (number, wire type,
+    value), value an int for a varint, else the position where its bytes
+    start (fixed 8 or 4 bytes), or (start, end) for length-delimited."""
+    while pos < end:
+        key = buf[pos]
+        if key < 0x80:
+            pos += 1
+        else:
+            key, pos = _decode_varint(buf, pos)
+        wire = key & 7
+        if wire == 0:
+            if buf[pos] < 0x80:
+                value = buf[pos]
+                pos += 1
+            else:
+                value, pos = _decode_varint(buf, pos)
+        elif wire == 2:
+            size = buf[pos]
+            if size < 0x80:
+                pos += 1
+            else:
+                size, pos = _decode_varint(buf, pos)
+            value = (pos, pos + size)
+            pos += size
+        elif wire == 1:
+            value = pos
+            pos += 8
+        elif wire == 5:
+            value = pos
+            pos += 4
+        else:  # groups (3, 4) are not in event files
+            raise ValueError("wire type %d" % wire)
+        if pos > end:
+            raise ValueError("field past the end of its message")
+        yield key >> 3, wire, value
+
+
+def _tfrecord(payload):
+    """payload framed as a TFRecord."""
+    header = struct.pack("<Q", len(payload))
+    return (header + struct.pack("<I", _masked_crc32c(header)) + payload
+            + struct.pack("<I", _masked_crc32c(payload)))
+
+
+# TensorProto dtypes a scalar can have, and how one element is stored.
+_TENSOR_FLOATS = {1: ("<f", 5), 2: ("<d", 6), 19: ("<e", 13)}
+
+
+def _event_scalars(buf, start, end):
+    """(step, wall time, [(tag, value)]) of the Event in buf[start:end].
+
+    A scalar is a Summary.Value's `simple_value` (tensorboardX, torch,
+    TF1), or its `tensor` holding one float (TF2's tf.summary.scalar,
+    tensorboard's own writer), unless its metadata names a plugin other
+    than scalars (histograms, hparams, text...). Raises ValueError or
+    IndexError where the bytes are not an Event.
+    """
+    step, wall_time, summary = 0, 0.0, None
+    for number, wire, value in _proto_fields(buf, start, end):
+        if number == 1 and wire == 1:
+            wall_time = struct.unpack_from("<d", buf, value)[0]
+        elif number == 2 and wire == 0:
+            step = value - (1 << 64) if value >= 1 << 63 else value
+        elif number == 5 and wire == 2:
+            summary = value
+    scalars = []
+    if summary is None:
+        return step, wall_time, scalars
+    for number, wire, value in _proto_fields(buf, *summary):
+        if number != 1 or wire != 2:
+            continue
+        tag = simple = tensor = plugin = None
+        for number, wire, field in _proto_fields(buf, *value):
+            if number == 1 and wire == 2:
+                tag = buf[field[0]:field[1]].decode("utf-8", "replace")
+            elif number == 2 and wire == 5:
+                simple = struct.unpack_from("<f", buf, field)[0]
+            elif number == 8 and wire == 2:
+                tensor = field
+            elif number == 9 and wire == 2:
+                plugin = _summary_plugin(buf, field)
+        if tag is None:
+            continue
+        if simple is not None:
+            scalars.append((tag, simple))
+        elif tensor is not None and plugin in (None, "scalars"):
+            val = _tensor_scalar(buf, tensor)
+            if val is not None:
+                scalars.append((tag, val))
+    return step, wall_time, scalars
+
+
+def _summary_plugin(buf, metadata):
+    """The plugin name in a SummaryMetadata, or None."""
+    for number, wire, value in _proto_fields(buf, *metadata):
+        if number == 1 and wire == 2:  # plugin_data
+            for number2, wire2, value2 in _proto_fields(buf, *value):
+                if number2 == 1 and wire2 == 2:
+                    return buf[value2[0]:value2[1]].decode("utf-8",
+                                                           "replace")
+    return None
+
+
+def _tensor_scalar(buf, tensor):
+    """The value of a TensorProto holding exactly one float, double or
+    half, else None (integer tensors are not scalars, as in Guild AI)."""
+    dtype, elements = None, []
+    for number, wire, value in _proto_fields(buf, *tensor):
+        if number == 1 and wire == 0:
+            dtype = value
+        elif number == 4 and wire == 2:  # tensor_content: raw bytes
+            elements.append(("content", value))
+        elif wire == 2 and number in (5, 6, 13):  # packed repeated
+            elements.append((number, value))
+        elif (number, wire) in ((5, 5), (6, 1)):
+            elements.append((number, (value, value + (4 if wire == 5
+                                                      else 8))))
+    fmt_field = _TENSOR_FLOATS.get(dtype)
+    if fmt_field is None or len(elements) != 1:
+        return None
+    (fmt, field), (kind, (lo, hi)) = fmt_field, elements[0]
+    if kind == "content":
+        if hi - lo != struct.calcsize(fmt):
+            return None
+        return float(struct.unpack_from(fmt, buf, lo)[0])
+    if kind != field:
+        return None
+    if field == 13:  # half_val: the 16 bits in a varint
+        bits, end = _decode_varint(buf, lo)
+        return float(struct.unpack("<e", struct.pack("<H", bits))[0]) \
+            if end == hi else None
+    size = struct.calcsize(fmt)
+    if hi - lo != size:
+        return None
+    return float(struct.unpack_from(fmt, buf, lo)[0])
+
+
+def _simple_value_event(buf, start, end, tags):
+    """(step, wall time, tag, value) of an Event laid out as writers lay
+    out one `simple_value` scalar (wall_time, step, then a summary of
+    one value: tag, simple_value), else None: the common case, read
+    here five times faster than by _event_scalars. tags caches decoded
+    tag names."""
+    if buf[start] != 0x09:  # wall_time
+        return None
+    pos = start + 9
+    step = 0
+    if buf[pos] == 0x10:
+        if buf[pos + 1] < 0x80:
+            step, pos = buf[pos + 1], pos + 2
+        elif buf[pos + 2] < 0x80:
+            step, pos = (buf[pos + 1] & 0x7F) | buf[pos + 2] << 7, pos + 3
+        elif buf[pos + 3] < 0x80:
+            step = ((buf[pos + 1] & 0x7F) | (buf[pos + 2] & 0x7F) << 7
+                    | buf[pos + 3] << 14)
+            pos += 4
+        else:
+            step, pos = _decode_varint(buf, pos + 1)
+            if step >= 1 << 63:
+                step -= 1 << 64
+    # summary { value { tag: ..., simple_value: ... } }, lengths < 128
+    if (buf[pos] != 0x2A or buf[pos + 1] > 0x7F
+            or pos + 2 + buf[pos + 1] != end
+            or buf[pos + 2] != 0x0A or buf[pos + 3] != buf[pos + 1] - 2
+            or buf[pos + 4] != 0x0A or buf[pos + 5] != buf[pos + 3] - 7
+            or buf[end - 5] != 0x15):
+        return None
+    raw_tag = buf[pos + 6:end - 5]
+    tag = tags.get(raw_tag)
+    if tag is None:
+        tag = tags[raw_tag] = raw_tag.decode("utf-8", "replace")
+    return (step, struct.unpack_from("<d", buf, start + 1)[0], tag,
+            struct.unpack_from("<f", buf, end - 4)[0])
+
+
+EVENT_READ_CHUNK = 1 << 22  # bytes of an event file read at a time
+
+
+def _read_event_file(path, offset=0):
+    """Scalars in the event file at path from byte offset on.
+
+    Returns (records, offset, damaged): records are (tag, value, step,
+    wall time in microseconds); offset is where the next read starts (a
+    record still being written is read next time); damaged is the offset
+    of a record whose length fails its checksum, after which nothing is
+    read, else None. A record whose payload is not an Event is skipped;
+    payload checksums are not checked (that would cost 2.5 times more).
+    """
+    records, damaged = [], None
+    good_headers = {}  # a scalar file's records have few distinct lengths
+    tags = {}
+    with open(path, "rb") as f:
+        f.seek(offset)
+        buf, pos = b"", 0
+        while True:
+            chunk = f.read(EVENT_READ_CHUNK)
+            if not chunk:
+                break
+            buf = buf[pos:] + chunk
+            pos = 0
+            end = len(buf)
+            while pos + 12 <= end:
+                header = buf[pos:pos + 12]
+                size = good_headers.get(header)
+                if size is None:
+                    size, crc = struct.unpack("<QI", header)
+                    if _masked_crc32c(header[:8]) != crc:
+                        damaged = offset
+                        break
+                    good_headers[header] = size
+                if pos + 16 + size > end:
+                    break
+                try:
+                    simple = _simple_value_event(buf, pos + 12,
+                                                 pos + 12 + size, tags)
+                    if simple is not None:
+                        step, wall_time, tag, value = simple
+                        scalars = ((tag, value),)
+                    else:
+                        step, wall_time, scalars = _event_scalars(
+                            buf, pos + 12, pos + 12 + size)
+                except (ValueError, IndexError, struct.error):
+                    scalars = ()
+                for tag, value in scalars:
+                    records.append((tag, value, step,
+                                    int(wall_time * 1000000)))
+                pos += 16 + size
+                offset += 16 + size
+            if damaged is not None:
+                break
+    return records, offset, damaged
+
+
+# ---------------------------------------------------------------------------
+## 8. Runs: the run directory, its status and its scalars
 # ---------------------------------------------------------------------------
 
 
@@ -1496,8 +1810,32 @@ class _ScalarRecorder:
             self._file.close()
 
 
-def read_scalars(run_dir):
-    """A run's scalar records: [(key, value, step, time)], in order."""
+def _event_files(run_dir):
+    """The TensorBoard event files a run wrote: paths relative to the run
+    directory, with `/`, in name order in each directory. Linked
+    directories are not followed, and .guild (guild's own) is skipped."""
+    found = []
+    for top, dirs, files in os.walk(run_dir):
+        rel_top = os.path.relpath(top, run_dir).replace(os.sep, "/")
+        if rel_top == ".":
+            rel_top = ""
+            if ".guild" in dirs:
+                dirs.remove(".guild")
+        dirs.sort()
+        found += [rel_top + "/" + name if rel_top else name
+                  for name in sorted(files) if "tfevents" in name]
+    return found
+
+
+def _event_key(rel_path, tag):
+    """How a run names the scalar tag of an event file: `tag` for files
+    at the run's top, else `DIR#tag` (as Guild AI does)."""
+    prefix = rel_path.rpartition("/")[0]
+    return "%s#%s" % (prefix, tag) if prefix else tag
+
+
+def _printed_scalars(run_dir):
+    """The scalar records of what a run printed, in order."""
     records = []
     try:
         with open(os.path.join(run_dir, ".guild", SCALARS_FILE),
@@ -1513,21 +1851,40 @@ def read_scalars(run_dir):
     return records
 
 
-def scalar_stats(records):
-    """{key: {"last", "min", "max", "step", "count"}} of scalar records."""
-    stats = {}
-    for key, val, step, _ts in records:
-        s = stats.get(key)
-        if s is None:
-            stats[key] = {"last": val, "min": val, "max": val, "step": step,
-                          "count": 1}
+def read_scalars(run_dir):
+    """A run's scalar records: [(key, value, step, time)], those it
+    printed in order, then those of its TensorBoard event files."""
+    records = _printed_scalars(run_dir)
+    for rel in _event_files(run_dir):
+        try:
+            events = _read_event_file(os.path.join(run_dir, rel))[0]
+        except OSError:
             continue
-        s["last"], s["step"] = val, step
-        s["count"] += 1
-        if val < s["min"] or s["min"] != s["min"]:
-            s["min"] = val
-        if val > s["max"] or s["max"] != s["max"]:
-            s["max"] = val
+        records += [(_event_key(rel, tag), val, step, ts)
+                    for tag, val, step, ts in events]
+    return records
+
+
+def _add_scalar(stats, key, val, step, ts):
+    s = stats.get(key)
+    if s is None:
+        stats[key] = {"last": val, "min": val, "max": val, "step": step,
+                      "count": 1, "time": ts}
+        return
+    s["last"], s["step"], s["time"] = val, step, ts
+    s["count"] += 1
+    if val < s["min"] or s["min"] != s["min"]:
+        s["min"] = val
+    if val > s["max"] or s["max"] != s["max"]:
+        s["max"] = val
+
+
+def scalar_stats(records):
+    """{key: {"last", "min", "max", "step", "count", "time"}} of scalar
+    records; step and time are the last value's."""
+    stats = {}
+    for key, val, step, ts in records:
+        _add_scalar(stats, key, val, step, ts)
     return stats
 
 
@@ -1536,13 +1893,113 @@ def _num(x):
     return "%.6g" % x
 
 
+def _merge_stats(stats, key, other):
+    """Fold the stats other of key into stats; the later last wins."""
+    s = stats.get(key)
+    if s is None:
+        stats[key] = dict(other)
+        return
+    if other["time"] >= s["time"]:
+        s["last"], s["step"], s["time"] = (other["last"], other["step"],
+                                           other["time"])
+    s["count"] += other["count"]
+    if other["min"] < s["min"] or s["min"] != s["min"]:
+        s["min"] = other["min"]
+    if other["max"] > s["max"] or s["max"] != s["max"]:
+        s["max"] = other["max"]
+
+
+def _events_stats(events):
+    """scalar_stats of event records, by tag; min and max by the
+    built-ins (a hundred thousand records are common)."""
+    values, lasts = {}, {}
+    for tag, val, step, ts in events:
+        if tag in values:
+            values[tag].append(val)
+        else:
+            values[tag] = [val]
+        lasts[tag] = (val, step, ts)
+    stats = {}
+    for tag, vals in values.items():
+        numbers = [v for v in vals if v == v] or vals  # nan is no min
+        last, step, ts = lasts[tag]
+        stats[tag] = {"last": last, "min": min(numbers),
+                      "max": max(numbers), "step": step,
+                      "count": len(vals), "time": ts}
+    return stats
+
+
+def _event_stats(run_dir):
+    """({key: stats}, damaged) of a run's event files, read incrementally.
+
+    .guild/EVENTS_INDEX keeps for each file how far it was read and the
+    stats so far, so a read costs only what was written since; a file
+    that shrank or was replaced is read afresh. damaged lists (file,
+    offset) where a file is unreadable from.
+    """
+    index_path = os.path.join(run_dir, ".guild", EVENTS_INDEX)
+    index = _read_json(index_path)
+    known = index.get("files") if isinstance(index, dict) and \
+        index.get("version") == 1 else None
+    known = known if isinstance(known, dict) else {}
+    entries, changed = {}, False
+    for rel in _event_files(run_dir):
+        path = os.path.join(run_dir, rel)
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        entry = known.get(rel)
+        try:
+            fresh = (entry["ino"] != st.st_ino
+                     or st.st_size < entry["offset"]
+                     or not isinstance(entry["stats"], dict))
+        except (KeyError, TypeError):  # not an entry this code wrote
+            fresh = True
+        if fresh:
+            entry = {"ino": st.st_ino, "offset": 0, "damaged": None,
+                     "stats": {}}
+        if entry["damaged"] is None and st.st_size > entry["offset"]:
+            try:
+                events, offset, damaged = _read_event_file(
+                    path, entry["offset"])
+            except OSError:
+                events, offset, damaged = [], entry["offset"], None
+            for tag, tag_stats in _events_stats(events).items():
+                _merge_stats(entry["stats"], tag, tag_stats)
+            changed = changed or offset != entry["offset"] or damaged
+            entry["offset"], entry["damaged"] = offset, damaged
+        changed = changed or fresh
+        entries[rel] = entry
+    if changed or len(entries) != len(known):
+        try:
+            _write_json(index_path, {"version": 1, "files": entries})
+        except OSError:
+            pass  # a read-only store: read it all next time
+    stats, damaged = {}, []
+    for rel, entry in entries.items():
+        for tag, tag_stats in entry["stats"].items():
+            _merge_stats(stats, _event_key(rel, tag), tag_stats)
+        if entry["damaged"] is not None:
+            damaged.append((rel, entry["damaged"]))
+    return stats, damaged
+
+
+def _run_scalar_stats(run_dir):
+    """({key: stats}, damaged) of what a run printed and logged to
+    TensorBoard event files (see _event_stats)."""
+    stats, damaged = _event_stats(run_dir)
+    for key, printed in scalar_stats(_printed_scalars(run_dir)).items():
+        _merge_stats(stats, key, printed)
+    return stats, damaged
+
+
 def _last_scalars(run_dir):
-    return {k: s["last"] for k, s in scalar_stats(read_scalars(run_dir))
-            .items()}
+    return {k: s["last"] for k, s in _run_scalar_stats(run_dir)[0].items()}
 
 
 # ---------------------------------------------------------------------------
-## 8. The run store: indexes, the listing cache, filters, the trash
+## 9. The run store: indexes, the listing cache, filters, the trash
 # ---------------------------------------------------------------------------
 #
 # The run directories are the truth. Everything under GUILD_HOME/cache can
@@ -1751,7 +2208,7 @@ def _other_runs_running():
 _SUMMARY_FIELDS = ("id", "op", "kind", "label", "created", "started",
                    "stopped", "exit_status", "batch", "status", "mtime",
                    "seen", "flags", "scalars")
-_SUMMARY_CACHE_VERSION = 3
+_SUMMARY_CACHE_VERSION = 4
 
 
 def _run_summary(run_id, run_dir, mtime, now):
@@ -2011,7 +2468,7 @@ def _select_one(spec, runs):
 
 
 # ---------------------------------------------------------------------------
-## 9. Operations: creating, staging, starting and stopping runs
+## 10. Operations: creating, staging, starting and stopping runs
 # ---------------------------------------------------------------------------
 
 
@@ -2710,7 +3167,7 @@ def _print_staged(run, run_dir_given):
 
 
 # ---------------------------------------------------------------------------
-## 10. Batches and trials
+## 11. Batches and trials
 # ---------------------------------------------------------------------------
 
 
@@ -2877,7 +3334,7 @@ def _log_batch_finished(statuses):
 
 
 # ---------------------------------------------------------------------------
-## 11. Optimizers: model-based search (tpe)
+## 12. Optimizers: model-based search (tpe)
 # ---------------------------------------------------------------------------
 
 # A Tree-structured Parzen Estimator. The trials so far split into the few
@@ -3229,7 +3686,7 @@ def _log_tpe_finished(trials, scalar, maximize):
 
 
 # ---------------------------------------------------------------------------
-## 12. The queue
+## 13. The queue
 # ---------------------------------------------------------------------------
 
 
@@ -3332,7 +3789,7 @@ def _run_queue(queue_run, attrs):
 
 
 # ---------------------------------------------------------------------------
-## 13. Results: compare
+## 14. Results: compare
 # ---------------------------------------------------------------------------
 
 COMPARE_BASE_COLS = ("run", "operation", "started", "time", "status",
@@ -3345,7 +3802,8 @@ def compare_rows(summaries):
     lacks a column. Times are seconds; started is `YYYY-MM-DD HH:MM:SS`.
     """
     flag_names = sorted({n for x in summaries for n in x["flags"]})
-    scalar_names = sorted({n for x in summaries for n in x["scalars"]})
+    run_scalars = [_compare_scalars(x["scalars"]) for x in summaries]
+    scalar_names = sorted({n for scalars in run_scalars for n in scalars})
     taken = set(COMPARE_BASE_COLS) | set(flag_names)
     scalar_cols = [("scalar:" + n if n in taken else n, n)
                    for n in scalar_names]
@@ -3353,7 +3811,7 @@ def compare_rows(summaries):
                                                       scalar_cols]
     now = _timestamp()
     rows = []
-    for x in summaries:
+    for x, scalars in zip(summaries, run_scalars):
         started = x["started"]
         end = x["stopped"] or (now if x["status"] == "running" else None)
         row = {"run": x["id"][:SHORT_ID_LEN], "operation": x["op"],
@@ -3364,9 +3822,23 @@ def compare_rows(summaries):
         for name in flag_names:
             row[name] = x["flags"].get(name)
         for col, name in scalar_cols:
-            row[col] = x["scalars"].get(name)
+            row[col] = scalars.get(name)
         rows.append(row)
     return columns, rows
+
+
+def _compare_scalars(scalars):
+    """A run's scalars by column name: an event file's `DIR#tag` is
+    `tag` where the run has no other scalar of that tag (torch writes
+    to `runs/<date>_<host>/`: one column for all runs); a tag in several
+    directories (Keras' train/ and validation/) keeps each `DIR#tag`."""
+    tags = {}
+    for key in scalars:
+        tag = key.rpartition("#")[2]
+        tags[tag] = tags.get(tag, 0) + 1
+    return {key if tags[key.rpartition("#")[2]] > 1
+            else key.rpartition("#")[2]: val
+            for key, val in scalars.items()}
 
 
 def _sort_rows(rows, column, descending):
@@ -3434,7 +3906,7 @@ def _progress(text, started):
 
 
 # ---------------------------------------------------------------------------
-## 14. The web view
+## 15. The web view
 # ---------------------------------------------------------------------------
 #
 # `guild view` serves the store read-only over HTTP: pages rendered on the
@@ -3842,7 +4314,7 @@ def _run_page(view, ref, params):
         _esc(n), _esc(encode_flag_val(v))) for n, v in sorted(
             run.flags.items()))
     series = _scalar_series(run.dir)
-    stats = scalar_stats(read_scalars(run.dir))
+    stats = _run_scalar_stats(run.dir)[0]
     scalars = "".join(
         "<tr><th>%s</th>%s<td class=\"num\">%s</td><td class=\"num\">%d"
         "</td></tr>" % (_esc(key), "".join(
@@ -4202,7 +4674,7 @@ def _run_json(view, ref):
     run = Run(x["id"], os.path.join(view.runs_dir, x["id"]))
     data = {"id": run.id, "attributes": dict(_run_info_items(run)),
             "flags": run.flags,
-            "scalars": scalar_stats(read_scalars(run.dir)),
+            "scalars": _run_scalar_stats(run.dir)[0],
             "files": [{"path": rel, "size": size, "source": is_source}
                       for rel, size, is_source in _run_files(
                           run.dir, set(run.get("sourcecode") or ()))]}
@@ -4368,7 +4840,7 @@ def _is_loopback(host):
 
 
 # ---------------------------------------------------------------------------
-## 15. Python API
+## 16. Python API
 # ---------------------------------------------------------------------------
 
 
@@ -4551,7 +5023,7 @@ def _create_run(attrs, stage, run_dir=None):
 
 
 # ---------------------------------------------------------------------------
-## 16. Command line
+## 17. Command line
 # ---------------------------------------------------------------------------
 
 
@@ -5007,7 +5479,8 @@ def _cmd_runs_info(args):
     lines += ["  %s: %s" % (n, encode_flag_val(flags[n]))
               for n in sorted(flags)]
     lines.append("scalars:")
-    for key, st in sorted(scalar_stats(read_scalars(run.dir)).items()):
+    stats, damaged = _run_scalar_stats(run.dir)
+    for key, st in sorted(stats.items()):
         if args.scalar_stats:
             lines.append("  %s: %s (min %s, max %s, step %s, %d values)" % (
                 key, _num(st["last"]), _num(st["min"]), _num(st["max"]),
@@ -5015,6 +5488,8 @@ def _cmd_runs_info(args):
         else:
             lines.append("  %s: %s (step %s)" % (key, _num(st["last"]),
                                                  st["step"]))
+    lines += ["  (%s is damaged at byte %d: its later scalars are not read)"
+              % (rel, offset) for rel, offset in damaged]
     attrs = run._attrs()
     if attrs["op"].get("kind") == "batch":
         lines += _best_trial_lines(run, attrs)
@@ -5408,7 +5883,7 @@ def main(argv=None):
 
 
 # ---------------------------------------------------------------------------
-## 17. Compatibility namespaces
+## 18. Compatibility namespaces
 # ---------------------------------------------------------------------------
 
 
@@ -5434,7 +5909,7 @@ run = _namespace(
     Run=Run, mkid=mkid, run_status=run_status)
 
 # ---------------------------------------------------------------------------
-## 18. Script entry
+## 19. Script entry
 # ---------------------------------------------------------------------------
 
 # MIT License

@@ -16,6 +16,7 @@ import os
 import random
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -71,6 +72,47 @@ def cat(filename):
     """Print a file's text."""
     with open(filename) as f:
         print(f.read().rstrip("\n"))
+
+
+def tf_value(tag, value, form="simple", plugin=None):
+    """A TensorBoard Summary.Value: value as `simple_value`, or as a
+    tensor: `content` (TF2's tf.summary.scalar: tensor_content),
+    `float_val` (tensorboard's own writer), `double_val` or `int_val`; a
+    list value makes a tensor of several elements."""
+    f = guild._proto_field
+    values = value if isinstance(value, list) else [value]
+    if form == "simple":
+        body = f(2, (5, struct.pack("<f", value)))
+    else:
+        dtype, fmt, field = {"content": (1, "<f", 4),
+                             "float_val": (1, "<f", 5),
+                             "double_val": (2, "<d", 6),
+                             "int_val": (3, None, 7)}[form]
+        data = (b"".join(guild._encode_varint(v) for v in values)
+                if fmt is None
+                else b"".join(struct.pack(fmt, v) for v in values))
+        body = f(8, f(1, dtype) + f(2, b"") + f(field, data))
+    if plugin:
+        body += f(9, f(1, f(1, plugin.encode())))
+    return f(1, tag.encode()) + body
+
+
+def tf_event(step, *values, wall_time=1795000000.5):
+    """The bytes of one Event: a Summary of the tf_value()s given."""
+    f = guild._proto_field
+    return (f(1, wall_time) + (f(2, step) if step else b"")
+            + f(5, b"".join(f(1, v) for v in values)))
+
+
+def tf_events(*events):
+    """An event file's bytes: the file version record, then events
+    (tf_event() bytes, or (step, tag, value) for a simple_value)."""
+    records = [guild._proto_field(1, 1795000000.0)
+               + guild._proto_field(3, b"brain.Event:2")]
+    for e in events:
+        records.append(e if isinstance(e, bytes)
+                       else tf_event(e[0], tf_value(e[1], e[2])))
+    return b"".join(guild._tfrecord(r) for r in records)
 
 
 def guild_cmd(args, cwd=None, guild_home=None, env=None, timeout=120,
@@ -249,6 +291,7 @@ DOCTEST_GLOBS = {
     "Project": Project, "mkdtemp": mkdtemp, "path": path, "write": write,
     "sample": sample, "cat": cat, "SetGuildHome": SetGuildHome,
     "LogCapture": LogCapture, "guild_cmd": guild_cmd,
+    "tf_events": tf_events,
 }
 
 
@@ -546,7 +589,106 @@ class FlagInferenceTest(GuildTestCase):
 
 
 # ---------------------------------------------------------------------------
-# 7. Runs and their status
+# 7. TensorBoard event files
+# ---------------------------------------------------------------------------
+
+
+class EventFileTest(GuildTestCase):
+    def write_events(self, data, name="events.out.tfevents.1.host"):
+        target = path(self.project, name)
+        with open(target, "wb") as f:
+            f.write(data)
+        return target
+
+    def read(self, target, offset=0):
+        records, offset, damaged = guild._read_event_file(target, offset)
+        return [r[:3] for r in records], offset, damaged
+
+    def test_crc32c_and_its_mask(self):
+        self.assertEqual(guild._crc32c(b"123456789"), 0xE3069283)
+        self.assertEqual(guild._crc32c(b""), 0)
+        # TFRecords as tensorboardX frames them.
+        self.assertEqual(guild._tfrecord(b"").hex(),
+                         "0000000000000000" "29039807" "d8ea82a2")
+        self.assertEqual(guild._tfrecord(b"hello").hex(),
+                         "0500000000000000" "eab2043e" "68656c6c6f"
+                         "bb1f1c19")
+
+    def test_varints(self):
+        for n in [0, 1, 127, 128, 300, 123456789012, (1 << 63) - 1, -1,
+                  -5]:
+            data = guild._encode_varint(n)
+            val, end = guild._decode_varint(data + b"x", 0)
+            self.assertEqual(end, len(data))
+            self.assertEqual(val - (1 << 64) if val >= 1 << 63 else val, n)
+        self.assertEqual(guild._encode_varint(300), b"\xac\x02")
+        self.assertEqual(len(guild._encode_varint(-1)), 10)
+
+    def test_the_scalar_encodings_writers_use(self):
+        target = self.write_events(tf_events(
+            (0, "loss", 0.5),
+            tf_event(1, tf_value("acc", 0.25, "content", "scalars")),
+            tf_event(2, tf_value("acc", 0.5, "float_val", "scalars")),
+            tf_event(3, tf_value("d", 0.125, "double_val")),
+            tf_event(-4, tf_value("neg", 1.0)),
+            tf_event(123456789012, tf_value("big", 2.0),
+                     tf_value("loss", 1 / 3))))
+        self.assertEqual(self.read(target)[0], [
+            ("loss", 0.5, 0), ("acc", 0.25, 1), ("acc", 0.5, 2),
+            ("d", 0.125, 3), ("neg", 1.0, -4), ("big", 2.0, 123456789012),
+            ("loss", 0.3333333432674408, 123456789012)])
+        records = guild._read_event_file(target)[0]
+        self.assertEqual(records[0][3], 1795000000500000)  # microseconds
+
+    def test_what_is_not_a_scalar(self):
+        target = self.write_events(tf_events(
+            tf_event(1, tf_value("ints", 7, "int_val")),
+            tf_event(1, tf_value("hist", [1.0, 2.0], "content")),
+            tf_event(1, tf_value("hp", 1.0, "content", "hparams")),
+            guild._proto_field(1, 1.0) + guild._proto_field(6, b"x"),
+            b"\x0f\xff not a protobuf",
+            (2, "kept", 1.0)))
+        self.assertEqual(self.read(target)[0], [("kept", 1.0, 2)])
+
+    def test_truncated_tail_is_read_when_complete(self):
+        data = tf_events((1, "loss", 1.0), (2, "loss", 0.5))
+        last = guild._tfrecord(tf_event(3, tf_value("loss", 0.25)))
+        target = self.write_events(data + last[:7])
+        self.assertEqual(self.read(target), ([("loss", 1.0, 1),
+                                              ("loss", 0.5, 2)],
+                                             len(data), None))
+        with open(target, "ab") as f:
+            f.write(last[7:-2])
+        self.assertEqual(self.read(target, len(data)),
+                         ([], len(data), None))
+        with open(target, "ab") as f:
+            f.write(last[-2:])
+        self.assertEqual(self.read(target, len(data)),
+                         ([("loss", 0.25, 3)], len(data + last), None))
+
+    def test_a_damaged_length_stops_the_file_there(self):
+        data = bytearray(tf_events((1, "a", 1.0), (2, "a", 2.0),
+                                   (3, "a", 3.0)))
+        third = len(tf_events((1, "a", 1.0), (2, "a", 2.0)))
+        data[third + 2] ^= 0x40
+        target = self.write_events(bytes(data))
+        self.assertEqual(self.read(target), ([("a", 1.0, 1), ("a", 2.0, 2)],
+                                             third, third))
+
+    def test_large_records_span_read_chunks(self):
+        big = tf_event(1, tf_value("long/" + "x" * 200, 1.0),
+                       tf_value("hist", [0.5] * 100000, "content"))
+        target = self.write_events(tf_events(big, (2, "after", 2.0)))
+        self.assertGreater(os.path.getsize(target), 2 * 65536)
+        saved = guild.EVENT_READ_CHUNK
+        guild.EVENT_READ_CHUNK = 65536
+        self.addCleanup(setattr, guild, "EVENT_READ_CHUNK", saved)
+        self.assertEqual(self.read(target)[0], [
+            ("long/" + "x" * 200, 1.0, 1), ("after", 2.0, 2)])
+
+
+# ---------------------------------------------------------------------------
+# 8. Runs and their status
 # ---------------------------------------------------------------------------
 
 
@@ -601,7 +743,7 @@ class StatusTest(GuildTestCase):
 
 
 # ---------------------------------------------------------------------------
-# 8. Listing and selecting runs
+# 9. Listing and selecting runs
 # ---------------------------------------------------------------------------
 
 
@@ -731,7 +873,7 @@ class ListTest(GuildTestCase):
 
 
 # ---------------------------------------------------------------------------
-# 9. Operations through the CLI
+# 10. Operations through the CLI
 # ---------------------------------------------------------------------------
 
 
@@ -1995,7 +2137,7 @@ class ScalarTest(GuildTestCase):
         stats = guild.scalar_stats([("a", 2.0, 0, 0), ("a", 1.0, 1, 0),
                                     ("a", 3.0, 2, 0), ("b", 5.0, 0, 0)])
         self.assertEqual(stats["a"], {"last": 3.0, "min": 1.0, "max": 3.0,
-                                      "step": 2, "count": 3})
+                                      "step": 2, "count": 3, "time": 0})
         self.assertEqual(stats["b"]["last"], 5.0)
 
     def test_guild_ai_output_patterns_through_cli(self):
@@ -2028,6 +2170,134 @@ class ScalarTest(GuildTestCase):
         self.assertEqual(run.status, "error")
         self.assertEqual([r[:3] for r in run.scalar_history()],
                          [("loss", 0.5, 3)])
+
+    def write_events_script(self, name, files, extra=""):
+        """A script that writes files ({path: bytes}) in its run dir."""
+        lines = ["import os"]
+        for rel, data in sorted(files.items()):
+            lines += ["os.makedirs(os.path.dirname(%r) or '.', exist_ok=True)"
+                      % rel,
+                      "open(%r, 'wb').write(bytes.fromhex(%r))"
+                      % (rel, data.hex())]
+        write(path(self.project, name), "\n".join(lines) + "\n" + extra)
+
+    def test_event_file_scalars_in_runs_info_and_compare(self):
+        self.write_events_script("tb.py", {
+            "events.out.tfevents.1.h": tf_events((1, "acc", 0.5),
+                                                 (2, "acc", 0.75)),
+            "logs/train/events.out.tfevents.1.h": tf_events(
+                (1, "loss", 2.0), (2, "loss", 1.0)),
+            "logs/val/events.out.tfevents.1.h": tf_events(
+                tf_event(2, tf_value("loss", 1.5, "content", "scalars"))),
+            "runs/Nov22_host/events.out.tfevents.1.h.v2": tf_events(
+                tf_event(3, tf_value("lr", 0.25, "float_val", "scalars"))),
+        }, "print('printed: 3')\n")
+        code, out = self.guild("run", "tb.py", "-y")
+        self.assertEqual(code, 0, out)
+        code, out = self.guild("runs", "info", "--scalar-stats")
+        self.assertEqual(out.split("scalars:\n")[1].splitlines(), [
+            "  acc: 0.75 (min 0.5, max 0.75, step 2, 2 values)",
+            "  logs/train#loss: 1 (min 1, max 2, step 2, 2 values)",
+            "  logs/val#loss: 1.5 (min 1.5, max 1.5, step 2, 1 values)",
+            "  printed: 3 (min 3, max 3, step 0, 1 values)",
+            "  runs/Nov22_host#lr: 0.25 (min 0.25, max 0.25, step 3, "
+            "1 values)"])
+        # A tag in one directory only is a column of its own name.
+        code, out = self.guild("compare", "--csv", "-")
+        self.assertEqual(out.splitlines()[0].split(",")[6:], [
+            "acc", "logs/train#loss", "logs/val#loss", "lr", "printed"])
+        self.assertEqual(out.splitlines()[1].split(",")[6:],
+                         ["0.75", "1.0", "1.5", "0.25", "3.0"])
+        run = self.runs()[0]
+        self.assertEqual(run.scalars()["runs/Nov22_host#lr"], 0.25)
+        self.assertEqual(len(run.scalar_history()), 7)
+
+    def test_event_files_are_read_incrementally(self):
+        self.write_events_script("tb.py", {
+            "events.out.tfevents.1.h": tf_events((1, "loss", 1.0))})
+        code, out = self.guild("run", "tb.py", "-y")
+        self.assertEqual(code, 0, out)
+        run = self.runs()[0]
+        target = path(run.dir, "events.out.tfevents.1.h")
+        reads = []
+        real_read = guild._read_event_file
+
+        def counting_read(file_path, offset=0):
+            reads.append(os.path.getsize(file_path) - offset)
+            return real_read(file_path, offset)
+        guild._read_event_file = counting_read
+        self.addCleanup(setattr, guild, "_read_event_file", real_read)
+        self.assertEqual(run.scalars(), {"loss": 1.0})
+        self.assertEqual(reads, [])  # read when the run was listed
+        more = guild._tfrecord(tf_event(2, tf_value("loss", 0.5)))
+        with open(target, "ab") as f:
+            f.write(more + more[:5])  # the writer is still writing
+        self.assertEqual(run.scalars(), {"loss": 0.5})
+        self.assertEqual(reads, [len(more) + 5])
+        with open(target, "ab") as f:
+            f.write(more[5:])
+        stats = guild._run_scalar_stats(run.dir)[0]
+        self.assertEqual(reads, [len(more) + 5, len(more)])
+        self.assertEqual((stats["loss"]["count"], stats["loss"]["min"]),
+                         (3, 0.5))
+        # A file rewritten from scratch is read afresh.
+        with open(target + ".tmp", "wb") as f:
+            f.write(tf_events((1, "loss", 4.0)))
+        os.replace(target + ".tmp", target)
+        self.assertEqual(run.scalars(), {"loss": 4.0})
+
+    def test_a_damaged_event_file_costs_only_its_scalars(self):
+        good = tf_events((1, "a", 1.0), (2, "a", 2.0))
+        damaged = bytearray(good)
+        damaged[len(tf_events((1, "a", 1.0))) + 1] ^= 0xFF
+        self.write_events_script("tb.py", {
+            "good/events.out.tfevents.1.h": good,
+            "bad/events.out.tfevents.1.h": bytes(damaged),
+            "junk/events.out.tfevents.1.h": os.urandom(3000),
+            "empty/events.out.tfevents.1.h": b""},
+            "print('loss: 0.5')\n")
+        code, out = self.guild("run", "tb.py", "-y")
+        self.assertEqual(code, 0, out)
+        # A damaged index (a cache) is rebuilt.
+        write(self.runs()[0].guild_path("tfevents.json"), "{\"files\": [")
+        code, out = self.guild("runs", "info")
+        self.assertEqual(code, 0, out)
+        scalars = out.split("scalars:\n")[1].splitlines()
+        self.assertEqual(scalars[:3], ["  bad#a: 1 (step 1)",
+                                       "  good#a: 2 (step 2)",
+                                       "  loss: 0.5 (step 0)"])
+        self.assertIn("  (bad/events.out.tfevents.1.h is damaged at byte",
+                      scalars[3])
+        self.assertEqual(len(scalars), 5)
+        code, out = self.guild("runs")
+        self.assertEqual((code, out.count("completed")), (0, 1), out)
+        code, out = self.guild("compare", "--csv", "-")
+        self.assertEqual(code, 0, out)
+        self.assertIn("2.0", out)
+
+    def test_a_script_logging_with_tensorboardx(self):
+        try:
+            import tensorboardX
+        except ImportError:
+            tensorboardX = None
+        require("tensorboardx", tensorboardX, "pip install tensorboardX")
+        write(path(self.project, "tbx.py"),
+              "from tensorboardX import SummaryWriter\n"
+              "writer = SummaryWriter()\n"
+              "for step in range(3):\n"
+              "    writer.add_scalar('loss', 1.0 / (step + 1), step)\n"
+              "writer.add_histogram('weights', [1.0, 2.0, 3.0], 0)\n"
+              "writer.add_text('note', 'hello', 0)\n"
+              "writer.close()\n")
+        code, out = self.guild("run", "tbx.py", "-y")
+        self.assertEqual(code, 0, out)
+        code, out = self.guild("runs", "info", "--scalar-stats")
+        [line] = out.split("scalars:\n")[1].splitlines()
+        self.assertRegex(line, r"^  runs/[^#]+#loss: 0.333333 \(min "
+                         r"0.333333, max 1, step 2, 3 values\)$")
+        code, out = self.guild("compare", "--csv", "-")
+        self.assertEqual(out.splitlines()[1].split(",")[-1],
+                         "0.3333333432674408")
 
     @unittest.skipIf(IS_WINDOWS, "POSIX signals")
     def test_ctrl_c_keeps_scalars_already_printed(self):
@@ -2160,7 +2430,7 @@ class LabelTest(GuildTestCase):
 
 
 # ---------------------------------------------------------------------------
-# 14. The web view
+# 15. The web view
 # ---------------------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -183,6 +184,44 @@ def stage50(tmp, repeats):
     return _median(times)
 
 
+def _scalar_events(first_step, n):
+    """TFRecords of n simple_value scalar events, two tags alternating."""
+    records = []
+    for step in range(first_step, first_step + n):
+        value = (guild._proto_field(1, b"loss" if step % 2 else b"acc")
+                 + guild._proto_field(2, (5, struct.pack("<f", 1.0 / (step + 1)))))
+        records.append(guild._tfrecord(
+            guild._proto_field(1, time.time()) + guild._proto_field(2, step)
+            + guild._proto_field(5, guild._proto_field(1, value))))
+    return b"".join(records)
+
+
+def e1(tmp, repeats):
+    """A run's event file of 100,000 scalar events: its first read, and
+    a later read after the script wrote 1,000 more (only those are
+    read)."""
+    run_dir = os.path.join(tmp, "e1")
+    os.makedirs(os.path.join(run_dir, ".guild"))
+    events = os.path.join(run_dir, "events.out.tfevents.1.host")
+    with open(events, "wb") as f:
+        f.write(_scalar_events(0, 100000))
+    first, later = [], []
+    for i in range(repeats):
+        index = os.path.join(run_dir, ".guild", guild.EVENTS_INDEX)
+        if os.path.exists(index):
+            os.remove(index)
+        start = time.perf_counter()
+        guild._event_stats(run_dir)
+        first.append(time.perf_counter() - start)
+        with open(events, "ab") as f:
+            f.write(_scalar_events(100000 + i * 1000, 1000))
+        start = time.perf_counter()
+        stats = guild._event_stats(run_dir)[0]
+        later.append(time.perf_counter() - start)
+        assert stats["loss"]["count"] == 50000 + (i + 1) * 500
+    return _median(first), _median(later)
+
+
 def main(argv):
     quick = "--quick" in argv
     repeats = 3 if quick else 7
@@ -240,6 +279,10 @@ def main(argv):
             ">= 1.8x", one_trials / four_trials >= 1.8)
         staged = stage50(tmp, repeats)
         row("stage 50 trials", "%.3fs" % staged, "<= 0.3s", staged <= 0.3)
+        first, later = e1(tmp, repeats)
+        row("E1 100,000 TensorBoard scalars", "%.3fs, +1,000: %.3fs"
+            % (first, later), "~0.5s, +1,000 <= 0.02s",
+            first <= 0.6 and later <= 0.02)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
