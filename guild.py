@@ -36,12 +36,13 @@ file): copy this file freely, keep this notice.
 #  11. Batches and trials
 #  12. Optimizers: model-based search (tpe)
 #  13. The queue
-#  14. Results: compare
-#  15. The web view
-#  16. Python API
-#  17. Command line
-#  18. Compatibility namespaces
-#  19. Script entry
+#  14. Slurm: staged runs on a cluster
+#  15. Results: compare
+#  16. The web view
+#  17. Python API
+#  18. Command line
+#  19. Compatibility namespaces
+#  20. Script entry
 
 __version__ = "0.1.0"
 
@@ -183,6 +184,8 @@ SKOPT_OPTIMIZERS = ("gp", "forest", "gbrt", "skopt:gp", "skopt:forest",
 # Optimizer flags (-Fo NAME=VAL): the smallest value each takes.
 OPT_FLAGS = {"tpe": {"random-starts": 0, "in-flight": 1}}
 STOP_GRACE_SECONDS = 10
+PREEMPT_GRACE_SECONDS = 105  # after a USR1 notice, before SIGTERM
+DEFAULT_MAX_REQUEUES = 3  # interrupted attempts before a run stays ended
 OUTPUT_CHUNK = 1 << 20  # bytes of a run's output relayed at a time
 MAX_SCALAR_LINE = 4096  # longer output lines are not scalars
 INDEX_VERIFY_SECONDS = 60
@@ -196,6 +199,7 @@ EXIT_ATTRS = "exit.json"  # how it ended
 OUTPUT_FILE = "output"  # what it printed, stdout and stderr as one stream
 SCALARS_FILE = "scalars"  # `key: number` lines it printed, one JSON a line
 EVENTS_INDEX = "tfevents.json"  # how far its event files were read (cache)
+ATTEMPTS_DIR = "attempts"  # <n>.json: each interrupted attempt, re-staged
 
 QUEUE_FLAGDEFS = {
     "gpus": {"type": "string", "default": None,
@@ -359,6 +363,14 @@ class LockTimeout(GuildError):
 
 class ViewError(GuildError):
     """The web view cannot serve, or a URL it cannot answer."""
+class SlurmError(GuildError):
+    """Slurm missing, or refusing what guild asked of it."""
+
+
+class StoreNotVisible(SlurmError):
+    """A Slurm task on a machine that cannot see the run store."""
+
+    exit_code = 3
 
 
 class _StopRequested(KeyboardInterrupt):
@@ -413,8 +425,12 @@ def _read_json(path, default=None):
 
 def _write_json(path, data):
     """Write JSON atomically: readers see the old file or the new one."""
+    _write_text(path, json.dumps(data))  # C; json.dump is pure Python
+
+
+def _write_text(path, text):
+    """Write a text file atomically."""
     tmp = "%s.%s.tmp" % (path, os.urandom(4).hex())
-    text = json.dumps(data)  # the C encoder; json.dump is pure Python
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
@@ -422,6 +438,34 @@ def _write_json(path, data):
     except BaseException:
         _remove(tmp)
         raise
+
+
+def _write_json_new(path, data):
+    """Write JSON to path unless path exists; return True if written.
+
+    The file is a hard link to a whole temp file: readers never see it
+    half written, and of several writers exactly one wins, on NFS too,
+    even where file locks hold only within one machine. On a filesystem
+    without hard links it falls back to O_EXCL.
+    """
+    tmp = "%s.%s.tmp" % (path, os.urandom(4).hex())
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(data))
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # no hard links here
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(data))
+        return True
+    finally:
+        _remove(tmp)
 
 
 def _replace(src, dest):
@@ -562,6 +606,31 @@ def _owner_alive(owner, record=None):
         return False
     # "" is a start time this platform could not read: pid alone decides.
     return owner.get("start") == token or "" in (owner.get("start"), token)
+
+
+def _slurm_task():
+    """The Slurm batch task this process runs in, from the environment
+    Slurm gives it: {"job", "task", "restart"}; None outside Slurm. job
+    is the array's job id and task the array index (None for a job that
+    is not an array); restart counts the times Slurm requeued it."""
+    env = os.environ
+    if not env.get("SLURM_JOB_ID"):
+        return None
+    array_job = env.get("SLURM_ARRAY_JOB_ID")
+    try:
+        restart = int(env.get("SLURM_RESTART_COUNT") or 0)
+    except ValueError:
+        restart = 0
+    return {"job": array_job or env["SLURM_JOB_ID"],
+            "task": env.get("SLURM_ARRAY_TASK_ID") if array_job else None,
+            "restart": restart}
+
+
+def _slurm_task_name(task):
+    """A task as Slurm's commands name it: JOB_TASK, or JOB."""
+    if task.get("task") is None:
+        return str(task["job"])
+    return "%s_%s" % (task["job"], task["task"])
 
 
 # Hosts sharing a store beat: every guild process that watches a run or
@@ -1673,6 +1742,18 @@ def _status_reason(run):
     return ""
 
 
+def _run_attempts(run):
+    """The interrupted attempts of a re-staged run, oldest first."""
+    try:
+        names = os.listdir(run.guild_path(ATTEMPTS_DIR))
+    except OSError:
+        return []
+    numbers = sorted(int(n[:-5]) for n in names
+                     if n.endswith(".json") and n[:-5].isdigit())
+    return [_read_json(run.guild_path(ATTEMPTS_DIR, "%d.json" % n)) or {}
+            for n in numbers]
+
+
 def _run_info_items(run):
     """A run's attributes as (name, text) pairs, as `runs info` shows
     them: id, operation, status, why (if unrecorded), times, label ..."""
@@ -1695,8 +1776,19 @@ def _run_info_items(run):
         ("pid", str(proc.get("pid") or "")),
         ("host", proc.get("host") or ""),
     ]
+    if proc.get("slurm"):
+        items.append(("slurm", _slurm_task_name(proc["slurm"])))
     if attrs.get("batch"):
         items.append(("batch", attrs["batch"]))
+    attempts = _run_attempts(run)
+    if attempts:
+        items.append(("attempts", "%d (%d interrupted)" % (
+            len(attempts) + 1, len(attempts))))
+        for n, attempt in enumerate(attempts, 1):
+            was = attempt.get("proc") or {}
+            items.append(("attempt %d" % n, "%s, %s, started %s on %s" % (
+                attempt.get("status"), attempt.get("reason"),
+                _format_time(was.get("started")), was.get("host", "?"))))
     return items
 
 
@@ -2099,12 +2191,26 @@ def _claim_staged(run):
     """Claim a staged run for this process; call under the status lock.
 
     Returns the status the run had; the claim is made only if staged.
+    The claim does not rest on the lock alone, which some cluster
+    filesystems (Lustre with localflock, BeeGFS) hold per machine: the
+    PENDING file is created only if absent, and the run is checked to be
+    still unstarted once it is ours.
     """
     status = run.status
-    if status == "staged":
-        _index_move("staged", _index_name(run.id, run.get("created")),
-                    "claims")
-        set_run_pending(run)
+    if status != "staged":
+        return status
+    claim = run.guild_path(PENDING_CLAIM)
+    old = _read_json(claim)
+    if old is not None and not _owner_alive(old, claim):
+        _remove(claim)  # a dead process's claim
+    if not _write_json_new(claim, _process_owner()):
+        return "pending"  # another machine's queue claimed it first
+    if os.path.exists(run.guild_path(PROC_ATTRS)) or not os.path.exists(
+            run.guild_path(STAGED_MARKER)):  # started while we looked
+        _remove(claim)
+        return run.status
+    _index_move("staged", _index_name(run.id, run.get("created")),
+                "claims")
     return status
 
 
@@ -2115,6 +2221,27 @@ def _mark_started(run):
     name = _index_name(run.id, run.get("created"))
     _index_drop("staged", name)
     _index_drop("claims", name)
+
+
+def _restage_in_place(run, reason):
+    """Stage an interrupted run again, in its own directory (checkpoints
+    and output stay); call under the status lock, once its process has
+    ended. The attempt's process and exit records move to
+    .guild/attempts/<n>.json, where `runs info` shows them. Until the
+    last step the run reads as it ended, so a crash loses nothing."""
+    attempt = len(_run_attempts(run)) + 1
+    _ensure_dir(run.guild_path(ATTEMPTS_DIR))
+    _write_json(run.guild_path(ATTEMPTS_DIR, "%d.json" % attempt), {
+        "reason": reason, "status": run.status,
+        "proc": _read_json(run.guild_path(PROC_ATTRS)),
+        "exit": _read_json(run.guild_path(EXIT_ATTRS))})
+    with open(run.guild_path(STAGED_MARKER), "a"):
+        pass
+    _index_put("staged", _index_name(run.id, run.get("created")), {})
+    _remove(run.guild_path(PROC_ATTRS))  # exit.json still says how it ended
+    _remove(run.guild_path(EXIT_ATTRS))
+    log.info("Run %s is staged again (%s; attempt %d interrupted)",
+             run.id, reason, attempt)
 
 
 def _restage_dead_claims():
@@ -2693,6 +2820,9 @@ def _start_run(run, gpus=None):
     attrs = run._attrs()
     kind = attrs["op"]["kind"]
     record = dict(_process_owner(), started=_timestamp())
+    slurm = _slurm_task()
+    if slurm:  # a restarted task finds what its earlier self left
+        record["slurm"] = slurm
     _index_move("claims", _index_name(run.id, attrs.get("created")),
                 "running", run.id, keep=True)
     if kind != "script":  # a script run records its process with the script's
@@ -2845,6 +2975,8 @@ def _record_start(run, record):
 def _run_script(run, attrs, gpus, record):
     env = dict(os.environ, RUN_DIR=run.dir, RUN_ID=run.id,
                GUILD_HOME=_guild_home(), PYTHONUNBUFFERED="1")
+    if _Notice.handled:  # the script may checkpoint when it gets this
+        env["GUILD_PREEMPT_SIGNAL"] = "USR1"
     if gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpus)
     cmd = _script_command(attrs)
@@ -2983,6 +3115,8 @@ def _forked_script_main(cmd, cwd, env, out_fd, runner):
     joined, exit handlers run, streams flushed. Return the exit code; a
     script ended by Ctrl-C ends by SIGINT."""
     gc.freeze()  # guild's objects are not the script's to collect
+    if _Notice.handled:  # before setsid: from then on, USR1 is the script's
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
     os.setsid()
     os.chdir(cwd)
     os.dup2(out_fd, 1)
@@ -3054,6 +3188,8 @@ def _supervise(proc, output_path, offset, on_output):
     Ctrl-C and SIGTERM are forwarded to the script's process group (a
     second one kills it) and, once it has exited, raised as a stop: the
     run then ends terminated with all its output shown and recorded.
+    After a preemption notice (see _Notice) the script has the notice's
+    grace to end before it gets SIGTERM; its end is a stop by SIGUSR1.
     """
     exited = threading.Event()
     waiter = threading.Thread(target=lambda: (proc.wait(), exited.set()),
@@ -3067,11 +3203,16 @@ def _supervise(proc, output_path, offset, on_output):
                               and not IS_WINDOWS else signum)
 
     delay = 0.005
+    _Notice.script_pid = proc.pid
     with _handle_stop_signals(forward), open(output_path, "rb") as f:
         f.seek(offset)
         while True:
             done = exited.wait(delay)
             _beat()  # at most every beat interval; else a clock read
+            if _Notice.at is not None and not done:
+                _Notice.deliver()  # again, if the script had no group yet
+                if _Notice.grace_over() and not stops:
+                    forward(signal.SIGTERM, None)
             chunk = f.read(OUTPUT_CHUNK)
             if chunk:
                 on_output(chunk)
@@ -3082,9 +3223,54 @@ def _supervise(proc, output_path, offset, on_output):
                 if done:
                     break
     waiter.join()
+    _Notice.script_pid = None
     if stops:
-        raise _StopRequested(stops[0])
+        raise _StopRequested(signal.SIGUSR1 if _Notice.at else stops[0])
+    if _Notice.at is not None and proc.returncode != 0:
+        raise _StopRequested(signal.SIGUSR1)  # 0: it finished after all
     return proc.returncode
+
+
+class _Notice:
+    """A preemption notice: SIGUSR1, which Slurm sends a job `--signal`
+    seconds before its time limit (and some clusters before preempting).
+    The script being watched gets USR1 too (it may save a checkpoint),
+    and SIGTERM once `grace` seconds have passed; a queue then claims
+    nothing more and stages the interrupted run again, unless its script
+    exited 0 (it finished: the notice came too late to matter)."""
+
+    handled = False  # a handler is installed (the command line's)
+    at = None  # time.monotonic() of the notice, or None
+    grace = PREEMPT_GRACE_SECONDS
+    script_pid = None  # the process group of the script being watched
+    delivered = None  # the script_pid that got the notice
+
+    @classmethod
+    def install(cls):
+        if hasattr(signal, "SIGUSR1"):
+            signal.signal(signal.SIGUSR1, cls.receive)
+            cls.handled = True
+
+    @classmethod
+    def receive(cls, signum, _frame):
+        if cls.at is None:
+            cls.at = time.monotonic()
+        cls.deliver()
+
+    @classmethod
+    def deliver(cls):
+        """Pass the notice on to the script's process group, once."""
+        pid = cls.script_pid
+        if pid and cls.delivered != pid:
+            try:
+                os.killpg(pid, signal.SIGUSR1)
+                cls.delivered = pid
+            except OSError:  # a forked script not yet in its own group
+                pass
+
+    @classmethod
+    def grace_over(cls):
+        return cls.at is not None and time.monotonic() - cls.at > cls.grace
 
 
 class _handle_stop_signals:
@@ -3690,29 +3876,32 @@ def _log_tpe_finished(trials, scalar, maximize):
 # ---------------------------------------------------------------------------
 
 
-def _claim_next_staged(gpus, verify=False):
+def _claim_next_staged(gpus, verify=False, only=None):
     """Claim the oldest staged run this queue may start, or None.
 
     Reads the staged index, not the store: the cost does not grow with
     the number of runs. With verify, an empty answer is checked against
     the run directories (the index is a cache) before it is believed.
+    only, a set of run ids, limits the runs it may claim.
     """
     with Lock(RUN_STATUS, timeout=60):
         _ensure_index()
         _restage_dead_claims()
-        run = _claim_from_index(gpus)
+        run = _claim_from_index(gpus, only)
         if run is None and verify:
             _reconcile_index()
-            run = _claim_from_index(gpus)
+            run = _claim_from_index(gpus, only)
         return run
 
 
-def _claim_from_index(gpus):
+def _claim_from_index(gpus, only=None):
     runs_dir = _runs_dir()
     for name in _index_names("staged"):
         run_id = _index_run_id(name)
         if not run_id:
             _index_drop("staged", name)
+            continue
+        if only is not None and run_id not in only:
             continue
         run = Run(run_id, os.path.join(runs_dir, run_id))
         attrs = _read_json(run.guild_path(RUN_ATTRS))
@@ -3729,8 +3918,8 @@ def _claim_from_index(gpus):
         run_gpus = attrs.get("gpus")
         if run_gpus is not None and str(run_gpus) != str(gpus):
             continue
-        _claim_staged(run)
-        return run
+        if _claim_staged(run) == "staged":
+            return run
     return None
 
 
@@ -3741,17 +3930,120 @@ def _release_claim(run):
         _remove(run.guild_path(PENDING_CLAIM))
 
 
+# A queue in a Slurm task works for one submission (section 14), named by
+# GUILD_SLURM_SUBMISSION in the job script and kept in the queue's attrs
+# as "slurm". Its record is under GUILD_HOME/slurm/SUB: submit.json says
+# how, `runs` lists the runs it may start (one id a line). A pull worker
+# (SUB) may start any of them; with SUB/OFFSET, array task i starts only
+# line OFFSET + i. Tasks are started with --requeue: a task that Slurm starts
+# again (SLURM_RESTART_COUNT) first stages again what it left unfinished.
+
+SLURM_SUBMISSION_ENV = "GUILD_SLURM_SUBMISSION"
+SUBMIT_RECORD = "submit.json"
+SUBMIT_RUNS = "runs"
+
+
+def _slurm_dir(*parts):
+    return os.path.join(_guild_home(), "slurm", *parts)
+
+
+def _read_submission(spec):
+    """(record, run ids this queue may start) for submission spec.
+
+    A task that cannot read the record runs on a machine that does not
+    see the store (or sees another one at its path): StoreNotVisible.
+    """
+    sub, _, offset = str(spec).partition("/")
+    record = _read_json(_slurm_dir(sub, SUBMIT_RECORD))
+    try:
+        with open(_slurm_dir(sub, SUBMIT_RUNS)) as f:
+            run_ids = f.read().split()
+    except OSError:
+        record = None
+    if not isinstance(record, dict):
+        raise StoreNotVisible(
+            "the run store %s is not visible from %s (%s is missing): "
+            "GUILD_HOME must be on a filesystem that the submitting "
+            "machine and the compute nodes share"
+            % (_guild_home(), HOST, _slurm_dir(sub, SUBMIT_RECORD)))
+    if offset:
+        task = _slurm_task() or {}
+        index = int(offset) + int(task.get("task") or 0)
+        run_ids = run_ids[index:index + 1]
+    return record, set(run_ids)
+
+
+def _restage_left_behind(run_ids, task, max_requeues):
+    """Stage again the runs of run_ids that an earlier incarnation of
+    this Slurm task started and did not complete. Slurm restarting the
+    task proves that incarnation dead, whatever its host's beat says."""
+    with Lock(RUN_STATUS, timeout=60):
+        for run_id in sorted(run_ids):
+            run = Run(run_id, os.path.join(_runs_dir(), run_id))
+            proc = _read_json(run.guild_path(PROC_ATTRS))
+            was = proc.get("slurm") if isinstance(proc, dict) else None
+            if not isinstance(was, dict) or (was.get("job"), was.get(
+                    "task")) != (task["job"], task["task"]) or \
+                    was.get("restart", 0) >= task["restart"]:
+                continue
+            status = run.status
+            if status == "completed" or (
+                    status == "running" and proc.get("host") == HOST):
+                continue
+            _restage_interrupted(run, "requeued by Slurm (%s)"
+                                 % _slurm_task_name(was), max_requeues)
+
+
+def _restage_interrupted(run, reason, max_requeues):
+    """Stage an interrupted run again, unless it was max_requeues times
+    already (then it stays as it ended); under the status lock."""
+    if len(_run_attempts(run)) >= max_requeues:
+        queue_log.warning("Run %s was interrupted %d times: it stays %s "
+                          "(max-requeues)", run.id, max_requeues + 1,
+                          run.status)
+        return False
+    _restage_in_place(run, reason)
+    return True
+
+
+def _requeue_task(task):
+    """Ask Slurm to start this task again. Slurm sends the task SIGTERM
+    as it does: everything is recorded by then, so it is ignored."""
+    import subprocess
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    name = _slurm_task_name(task)
+    try:
+        proc = subprocess.run(["scontrol", "requeue", name],
+                              stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, check=False)
+    except OSError as e:
+        queue_log.warning("Cannot requeue %s: %s", name, e)
+        return
+    if proc.returncode:
+        queue_log.warning("Cannot requeue %s: %s", name,
+                          proc.stdout.decode(errors="replace").strip())
+    else:
+        queue_log.info("Requeued Slurm task %s for the runs left", name)
+
+
 def _run_queue(queue_run, attrs):
     flags = attrs.get("flags") or {}
     poll = max(float(flags.get("poll-interval") or 10), 0.1)
     run_once = bool(flags.get("run-once"))
     ignore_running = bool(flags.get("ignore-running"))
     gpus = flags.get("gpus")
+    only, max_requeues, task = None, DEFAULT_MAX_REQUEUES, _slurm_task()
+    if attrs.get("slurm"):
+        record, only = _read_submission(attrs["slurm"])
+        max_requeues = record.get("max_requeues", max_requeues)
+        _Notice.grace = record.get("grace", _Notice.grace)
+        if task and task["restart"]:
+            _restage_left_behind(only, task, max_requeues)
     queue_log.info("Processing staged runs")
     waiting = None
     last_verified = None
     started, done = time.monotonic(), 0
-    while True:
+    while _Notice.at is None:
         if not ignore_running and _other_runs_running():
             if waiting != "running":
                 queue_log.info("Waiting for running runs")
@@ -3761,7 +4053,10 @@ def _run_queue(queue_run, attrs):
         # When idle, check the index against the run dirs now and then.
         verify = last_verified is None or (
             time.monotonic() - last_verified > INDEX_VERIFY_SECONDS)
-        run = _claim_next_staged(gpus, verify)
+        run = _claim_next_staged(gpus, verify, only)
+        if run is not None and _Notice.at is not None:
+            _release_claim(run)  # a queue that dies restages it too
+            break
         if run is None:
             if run_once:
                 return 0
@@ -3781,15 +4076,373 @@ def _run_queue(queue_run, attrs):
         queue_log.info("Starting staged run %s", run.id)
         try:
             exit_status = _start_run(run, gpus=gpus)
+        except _StopRequested as e:
+            if e.signum != getattr(signal, "SIGUSR1", None):
+                raise
+            with Lock(RUN_STATUS, timeout=60):
+                _restage_interrupted(run, "preempted (USR1%s)" % (
+                    ", slurm " + _slurm_task_name(task) if task else ""),
+                    max_requeues)
+            break
         finally:
             _release_claim(run)
         if exit_status:
             queue_log.warning("Staged run %s exited with an error (%s)",
                               run.id, exit_status)
+    queue_log.info("Preemption notice (USR1): claiming no more runs")
+    left = only is None or any(_index_run_id(name) in only
+                               for name in _index_names("staged"))
+    if attrs.get("slurm") and task and left and (
+            done > 1 or task["restart"] < max_requeues):
+        _requeue_task(task)
+    return 0
 
 
 # ---------------------------------------------------------------------------
-## 14. Results: compare
+## 14. Slurm: staged runs on a cluster
+# ---------------------------------------------------------------------------
+#
+# `guild slurm submit` puts staged runs on a Slurm cluster whose nodes
+# share the run store. Each array task's job script execs a queue
+# (run-once, ignore-running) that starts only the submission's runs
+# (section 13), claiming them as local queues do: exactly once, at the
+# cost of a local queue per run. guild drives sbatch, squeue, scontrol and
+# scancel, never sacct (many clusters keep no accounting).
+#
+#   GUILD_HOME/slurm/SUB/submit.json    the submission: options, job ids
+#   GUILD_HOME/slurm/SUB/runs           its runs, one id a line
+#   GUILD_HOME/slurm/SUB/job-K.sh       the job script of array K
+#   GUILD_HOME/slurm/SUB/JOB_TASK.out   what each task printed
+
+SLURM_INSTALL = ("install Slurm's client commands (Debian and Ubuntu: "
+                 "apt-get install slurm-client) or run guild on a login "
+                 "node of the cluster")
+DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's own default
+DEFAULT_SLURM_WORKERS = 4
+DEFAULT_SIGNAL_BEFORE = 120
+# Filesystems only their own machine sees.
+LOCAL_FILESYSTEMS = ("ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "f2fs",
+                     "tmpfs", "overlay", "ramfs", "apfs", "hfs", "ntfs")
+# Options passed to sbatch as they are: submit option -> sbatch option.
+SBATCH_PASS_THROUGH = ("partition", "account", "qos", "time",
+                       "cpus-per-task", "gpus-per-task", "mem",
+                       "dependency")
+
+
+def _slurm(args, check=True):
+    """Run a Slurm client command; return its stdout (and, without
+    check, its exit code first). A missing command is a SlurmError that
+    says what to install."""
+    import subprocess
+    try:
+        proc = subprocess.run(args, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL, check=False)
+    except FileNotFoundError:
+        raise SlurmError("%s not found: %s" % (args[0], SLURM_INSTALL))
+    out = proc.stdout.decode(errors="replace")
+    if not check:
+        return proc.returncode, out
+    if proc.returncode:
+        raise SlurmError("%s failed: %s" % (" ".join(args[:2]), (
+            proc.stderr.decode(errors="replace").strip() or out.strip()
+            or "exit %d" % proc.returncode)))
+    return out
+
+
+def _max_array_size():
+    """The cluster's MaxArraySize (array indexes stay below it)."""
+    out = _slurm(["scontrol", "show", "config"])
+    m = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.M)
+    return int(m.group(1)) if m else DEFAULT_MAX_ARRAY_SIZE
+
+
+def _slurm_arrays(n_runs, per_run, workers, max_array_size):
+    """The arrays of a submission of n_runs runs: [(offset, tasks)].
+
+    Pull workers make one array of min(workers, n_runs) tasks; a run per
+    task makes as many arrays as MaxArraySize requires (indexes run from
+    0 to MaxArraySize - 1), never one job per run.
+    """
+    size = max(max_array_size - 1, 1)
+    if not per_run:
+        return [(0, max(min(workers, n_runs, size), 1))]
+    return [(offset, min(size, n_runs - offset))
+            for offset in range(0, n_runs, size)]
+
+
+def _slurm_job_script(sub, opts, offset, tasks, after=None):
+    """The job script of one array of submission sub. opts are submit's
+    options (a dict); after, the job id this array waits for."""
+    per_run = opts.get("per_run")
+    array = "0-%d" % (tasks - 1)
+    if opts.get("max_running"):
+        array += "%%%d" % opts["max_running"]
+    out = os.path.join(_slurm_dir(sub).replace("%", "%%"), "%A_%a.out")
+    lines = [
+        "#!/bin/bash",
+        "# guild slurm submit %s: %s" % (sub, (
+            "runs %d-%d of %d, one per task" % (
+                offset + 1, offset + tasks, opts["runs"]) if per_run else
+            "%d workers pulling %d runs" % (tasks, opts["runs"]))),
+        "#SBATCH --job-name=%s" % (opts.get("job_name") or "guild-" + sub),
+        "#SBATCH --array=%s" % array,
+        "#SBATCH --output=%s" % out,
+        "#SBATCH --open-mode=append",
+        "#SBATCH --requeue",
+    ]
+    if opts.get("time"):
+        lines.append("#SBATCH --signal=B:USR1@%d" % opts["signal_before"])
+    dependency = ",".join(x for x in (
+        opts.get("dependency"), after and "afterany:%s" % after) if x)
+    for name in SBATCH_PASS_THROUGH:
+        val = dependency if name == "dependency" else opts.get(
+            name.replace("-", "_"))
+        if val:
+            lines.append("#SBATCH --%s=%s" % (name, val))
+    lines += ["#SBATCH %s" % arg for arg in opts.get("sbatch_args") or ()]
+    lines += ["", "export GUILD_HOME=%s" % _shell_quote(_guild_home()),
+              "export %s=%s" % (SLURM_SUBMISSION_ENV, "%s/%d" % (
+                  sub, offset) if per_run else sub)]
+    lines += opts.get("setup") or ()
+    lines.append("exec %s %s run queue run-once=yes ignore-running=yes -y"
+                 % (_shell_quote(opts["python"]),
+                    _shell_quote(opts["guild_py"])))
+    return "\n".join(lines) + "\n"
+
+
+def _shell_quote(s):
+    return s if re.match(r"^[\w@%+=:,./-]+$", s) else \
+        "'" + s.replace("'", "'\"'\"'") + "'"
+
+
+def _store_mount(path):
+    """(mount point, filesystem type, options) of the filesystem that
+    holds path, from /proc/mounts; None where there is no /proc/mounts."""
+    try:
+        with open("/proc/mounts") as f:
+            mounts = [line.split()[1:4] for line in f if line.strip()]
+    except OSError:
+        return None
+    path = os.path.realpath(path)
+    best = None
+    for point, fstype, options in mounts:
+        point = point.replace("\\040", " ")
+        if (path == point or path.startswith(point.rstrip("/") + "/")) and (
+                best is None or len(point) >= len(best[0])):
+            best = (point, fstype, options.split(","))
+    return best
+
+
+def _store_findings(home):
+    """What the store's filesystem gives a cluster: [(level, text)], level
+    'ok', 'warning' or 'error'."""
+    found = []
+    existing = home
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    mount = _store_mount(existing)
+    if mount is None:
+        found.append(("warning", "cannot tell the filesystem of %s (no "
+                      "/proc/mounts)" % home))
+    else:
+        point, fstype, options = mount
+        where = "%s on %s (%s)" % (home, point, fstype)
+        if fstype in LOCAL_FILESYSTEMS:
+            found.append(("warning", "%s is a local filesystem: only jobs "
+                          "on this machine see the store" % where))
+        elif fstype == "lustre" and "noflock" in options:
+            found.append(("error", "%s is mounted noflock: guild's file "
+                          "locks fail there (mount it flock)" % where))
+        elif fstype == "beegfs" or "localflock" in options:
+            found.append(("ok", "%s: file locks hold per node only; "
+                          "claims are made with link(2), so each run "
+                          "still starts once" % where))
+        else:
+            found.append(("ok", "%s is shared (%s)" % (where, fstype)))
+    probe = os.path.join(existing, ".guild-link-probe-%s" % mkid()[:8])
+    try:
+        with open(probe, "w"):
+            pass
+        os.link(probe, probe + ".link")
+        os.remove(probe + ".link")
+        found.append(("ok", "hard links work: claims are atomic"))
+    except OSError as e:
+        found.append(("warning", "no hard links (%s): claims fall back to "
+                      "O_EXCL, atomic on NFSv3 and later only"
+                      % (e.strerror or e)))
+    finally:
+        _remove(probe)
+    return found
+
+
+def _submission_ids():
+    """The submissions in the store, oldest first."""
+    try:
+        names = os.listdir(_slurm_dir())
+    except OSError:
+        return []
+    records = []
+    for name in names:
+        record = _read_json(_slurm_dir(name, SUBMIT_RECORD))
+        if isinstance(record, dict):
+            records.append((record.get("created") or 0, name))
+    return [name for _, name in sorted(records)]
+
+
+def _submission(spec=None):
+    """(id, record) of the submission spec names: its id (or a prefix),
+    one of its jobs, JOB_TASK; or the newest."""
+    ids = _submission_ids()
+    if not ids:
+        raise SlurmError("no Slurm submissions in %s" % _guild_home())
+    if spec is None:
+        sub = ids[-1]
+        return sub, _read_json(_slurm_dir(sub, SUBMIT_RECORD))
+    job = str(spec).partition("_")[0]
+    found = []
+    for sub in ids:
+        record = _read_json(_slurm_dir(sub, SUBMIT_RECORD)) or {}
+        if sub.startswith(str(spec)) or job in [
+                str(a.get("job")) for a in record.get("arrays") or ()]:
+            found.append((sub, record))
+    if len(found) != 1:
+        raise SlurmError("%s Slurm submission or job matches '%s'"
+                         % ("no" if not found else "more than one", spec))
+    return found[0]
+
+
+def _submission_runs(sub):
+    try:
+        with open(_slurm_dir(sub, SUBMIT_RUNS)) as f:
+            return f.read().split()
+    except OSError:
+        return []
+
+
+def _slurm_tasks(job_ids):
+    """{job id: [(task, state, reason, node)]} from one squeue call; jobs
+    Slurm no longer shows are missing."""
+    if not job_ids:
+        return {}
+    code, out = _slurm(["squeue", "-h", "-r", "-t", "all", "--me",
+                        "-o", "%F|%K|%T|%r|%N"], check=False)
+    if code:
+        raise SlurmError("squeue failed (exit %d): is the cluster up?"
+                         % code)
+    wanted = {str(j) for j in job_ids}
+    tasks = {}
+    for line in out.splitlines():
+        fields = line.split("|")
+        if len(fields) == 5 and fields[0] in wanted:
+            tasks.setdefault(fields[0], []).append(tuple(fields[1:]))
+    return tasks
+
+
+ACTIVE_SLURM_STATES = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING",
+                       "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
+                       "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING",
+                       "STAGE_OUT", "RESV_DEL_HOLD", "SPECIAL_EXIT")
+
+
+def _submission_status(sub, record, tasks, statuses):
+    """The lines `slurm status` shows for one submission."""
+    arrays = record.get("arrays") or []
+    lines = ["%s  %s  %s, %d run%s" % (
+        sub, _format_time(record.get("created")),
+        "a run per task" if record.get("per_run") else
+        "%d pull workers" % record.get("workers", 0),
+        record.get("runs", 0), "" if record.get("runs") == 1 else "s")]
+    launch_failed = False
+    for array in arrays:
+        job = str(array.get("job"))
+        counts = {}
+        for _task, state, reason, _node in tasks.get(job, ()):
+            key = state.lower() + (" (%s)" % reason if state == "PENDING"
+                                   and reason not in ("None", "") else "")
+            counts[key] = counts.get(key, 0) + 1
+            launch_failed |= reason == "JobLaunchFailure"
+        lines.append("  job %s: %s" % (job, ", ".join(
+            "%d %s" % (n, k) for k, n in sorted(counts.items()))
+            or "done (no longer shown by squeue)"))
+    counts = {}
+    for status in statuses:
+        counts[status] = counts.get(status, 0) + 1
+    lines.append("  runs: %s" % ", ".join(
+        "%d %s" % (counts[s], s) for s in STATUS_FILTERS if s in counts))
+    if launch_failed:
+        lines.append("  tasks failed to start (JobLaunchFailure): can the "
+                     "nodes write %s? The store must be shared."
+                     % _slurm_dir(sub))
+    return lines
+
+
+def _submission_active(record, tasks):
+    return any(state in ACTIVE_SLURM_STATES
+               for a in record.get("arrays") or ()
+               for _t, state, _r, _n in tasks.get(str(a.get("job")), ()))
+
+
+def _run_statuses(run_ids):
+    """{run id: status} of run_ids, from the listing cache."""
+    wanted = set(run_ids)
+    return {x["id"]: x["status"] for x in run_summaries()
+            if x["id"] in wanted}
+
+
+def _slurm_submit(run_ids, opts, dry_run=False):
+    """Submit run_ids (staged, oldest first) to Slurm as opts (submit's
+    options, a dict) say; return the submission's id and record. With
+    dry_run, print the job scripts and sbatch commands and submit nothing.
+    """
+    if not dry_run and not shutil.which("sbatch"):
+        raise SlurmError("sbatch not found: %s" % SLURM_INSTALL)
+    max_array_size = opts.get("max_array_size") or (
+        _max_array_size() if shutil.which("scontrol")
+        else DEFAULT_MAX_ARRAY_SIZE)
+    sub = mkid()[:SHORT_ID_LEN]
+    arrays = _slurm_arrays(len(run_ids), opts.get("per_run"),
+                           opts["workers"], max_array_size)
+    opts = dict(opts, runs=len(run_ids))
+    record = {
+        "id": sub, "created": _timestamp(), "runs": len(run_ids),
+        "per_run": bool(opts.get("per_run")),
+        "workers": 0 if opts.get("per_run") else arrays[0][1],
+        "max_requeues": opts["max_requeues"],
+        "grace": max(opts["signal_before"] - 15, 5) if opts.get("time")
+        else PREEMPT_GRACE_SECONDS,
+        "options": {k: v for k, v in sorted(opts.items()) if v},
+        "arrays": [{"offset": o, "tasks": n} for o, n in arrays]}
+    scripts = [_slurm_job_script(sub, opts, o, n) for o, n in arrays]
+    paths = [_slurm_dir(sub, "job-%d.sh" % k) for k in range(len(arrays))]
+    if dry_run:
+        for k, (path, script) in enumerate(zip(paths, scripts)):
+            print("# sbatch --parsable%s %s" % (
+                " --dependency=afterany:<job of %s>" % paths[k - 1]
+                if k and opts.get("max_running") else "", path))
+            print(script)
+        return sub, record
+    _ensure_dir(_slurm_dir(sub))
+    _write_text(_slurm_dir(sub, SUBMIT_RUNS), "".join(
+        run_id + "\n" for run_id in run_ids))
+    for path, script in zip(paths, scripts):
+        _write_text(path, script)
+    _write_json(_slurm_dir(sub, SUBMIT_RECORD), record)  # tasks look for it
+    previous = None
+    for array, path in zip(record["arrays"], paths):
+        cmd = ["sbatch", "--parsable"]
+        if previous and opts.get("max_running"):  # K at a time in all
+            cmd.append("--dependency=%s" % ",".join(x for x in (
+                opts.get("dependency"), "afterany:" + previous) if x))
+        array["submitted"] = _timestamp()
+        array["job"] = previous = _slurm(cmd + [path]).strip().split(
+            ";")[0]
+        _write_json(_slurm_dir(sub, SUBMIT_RECORD), record)
+    return sub, record
+
+
+# ---------------------------------------------------------------------------
+## 15. Results: compare
 # ---------------------------------------------------------------------------
 
 COMPARE_BASE_COLS = ("run", "operation", "started", "time", "status",
@@ -3906,7 +4559,7 @@ def _progress(text, started):
 
 
 # ---------------------------------------------------------------------------
-## 15. The web view
+## 16. The web view
 # ---------------------------------------------------------------------------
 #
 # `guild view` serves the store read-only over HTTP: pages rendered on the
@@ -4840,7 +5493,7 @@ def _is_loopback(host):
 
 
 # ---------------------------------------------------------------------------
-## 16. Python API
+## 17. Python API
 # ---------------------------------------------------------------------------
 
 
@@ -4916,6 +5569,10 @@ def run_attrs(opspec, flags=None, cwd=None, label=None, optimizer=None,
     raw = {name: val if isinstance(val, str) else encode_flag_val(val)
            for name, val in (flags or {}).items()}
     flag_vals = _resolve_flags(op, raw, force_flags)
+    slurm = os.environ.get(SLURM_SUBMISSION_ENV) if op["kind"] == "queue" \
+        else None
+    if slurm:
+        _read_submission(slurm)  # before anything is written to the store
     rows = _read_batch_files(batch_files, op, force_flags, cwd)
     dists = [n for n, v in sorted(flag_vals.items()) if is_distribution(v)]
     lists = [n for n, v in flag_vals.items() if isinstance(v, list)]
@@ -4927,10 +5584,13 @@ def run_attrs(opspec, flags=None, cwd=None, label=None, optimizer=None,
             raise UsageError("--max-trials and --random-seed apply to "
                              "batches (as do --minimize, --maximize and "
                              "--opt-flag): give a flag a list or a range")
-        return {"op": op, "flags": flag_vals, "gpus": gpus,
-                "project": op.get("project"),
-                "label": render_label(label, flag_vals) if label is not None
-                else _default_label(flag_vals)}
+        attrs = {"op": op, "flags": flag_vals, "gpus": gpus,
+                 "project": op.get("project"),
+                 "label": render_label(label, flag_vals)
+                 if label is not None else _default_label(flag_vals)}
+        if slurm:
+            attrs["slurm"] = slurm
+        return attrs
     if optimizer in SKOPT_OPTIMIZERS:
         raise UsageError("optimizer '%s' is Guild AI's, built on "
                          "scikit-optimize: use -o tpe, the model-based "
@@ -5023,7 +5683,7 @@ def _create_run(attrs, stage, run_dir=None):
 
 
 # ---------------------------------------------------------------------------
-## 17. Command line
+## 18. Command line
 # ---------------------------------------------------------------------------
 
 
@@ -5100,6 +5760,7 @@ def _install_stop_handlers():
     if not IS_WINDOWS and threading.current_thread() is \
             threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_stop)
+        _Notice.install()
 
 
 def _exit_code(exit_status):
@@ -5806,6 +6467,301 @@ def _can_open_browser():
         os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
+def _build_slurm_parser(p):
+    p.description = (
+        "Run staged runs on a Slurm cluster whose nodes share the run "
+        "store (GUILD_HOME): submit them, watch them, cancel them. See "
+        "'guild slurm COMMAND --help'.")
+
+
+@_command("slurm", "run staged runs on a Slurm cluster", _build_slurm_parser)
+def _cmd_slurm(_args):
+    print("usage: %s slurm COMMAND [ARGS]...\n" % PROG)
+    print("Run staged runs on a Slurm cluster that shares the run store.\n")
+    print("commands:")
+    for cmd in sorted(COMMANDS.values(), key=lambda c: c.word):
+        if cmd.parent == "slurm":
+            print("  %-7s %s" % (cmd.word, cmd.help))
+    return 0
+
+
+def _build_slurm_submit_parser(p):
+    p.description = (
+        "Put staged runs on Slurm: every staged run (default), the runs "
+        "named, or those the filters select (a batch's trials with "
+        "--batch). By default one job array of W worker tasks, each a "
+        "queue that starts the submission's runs one after another until "
+        "none is left; with --per-run, an array task per run. The job "
+        "script names GUILD_HOME and the Python; --dry-run prints it.")
+    _add_runs_args(p, "submit", "every staged run")
+    g = p.add_argument_group("how the runs map to tasks")
+    g.add_argument("-w", "--workers", type=int, metavar="W",
+                   default=DEFAULT_SLURM_WORKERS,
+                   help="pull workers, at most one per run (default %d)"
+                   % DEFAULT_SLURM_WORKERS)
+    g.add_argument("--per-run", action="store_true",
+                   help="one array task per run (arrays split below "
+                   "MaxArraySize)")
+    g.add_argument("--max-running", type=int, metavar="K",
+                   help="at most K tasks at once (the array's %%K)")
+    g.add_argument("--max-array-size", type=int, metavar="N",
+                   help="split arrays below N (default: the cluster's "
+                   "MaxArraySize, or %d without scontrol)"
+                   % DEFAULT_MAX_ARRAY_SIZE)
+    g = p.add_argument_group("resources, passed to sbatch")
+    for name, metavar, text in (
+            ("partition", "P", "partition"), ("account", "A", "account"),
+            ("qos", "Q", "quality of service"),
+            ("time", "T", "time limit of a task (also sends USR1 "
+             "--signal-before it)"),
+            ("cpus-per-task", "C", "CPUs of a task"),
+            ("gpus-per-task", "G", "GPUs of a task (CUDA_VISIBLE_DEVICES "
+             "is set by Slurm)"),
+            ("mem", "M", "memory of a task (sbatch --mem)"),
+            ("dependency", "D", "start after jobs D (sbatch --dependency)")):
+        g.add_argument("--" + name, metavar=metavar, help=text)
+    g.add_argument("--sbatch-arg", action="append", default=[],
+                   metavar="ARG", help="any other sbatch option, as "
+                   "--sbatch-arg=--constraint=a100 (repeatable)")
+    g.add_argument("--setup", action="append", default=[], metavar="LINE",
+                   help="a shell line run before the queue, such as "
+                   "'module load python' (repeatable)")
+    g.add_argument("--python", metavar="PATH", help="the Python that runs "
+                   "guild on the nodes (default: this one, %s)"
+                   % sys.executable)
+    g.add_argument("--job-name", metavar="NAME",
+                   help="the jobs' name (default: guild-SUBMISSION)")
+    g = p.add_argument_group("preemption and time limits")
+    g.add_argument("--signal-before", type=int, metavar="SECS",
+                   default=DEFAULT_SIGNAL_BEFORE,
+                   help="with --time: USR1 this long before the limit; the "
+                   "run is staged again and the task requeued (default "
+                   "%d)" % DEFAULT_SIGNAL_BEFORE)
+    g.add_argument("--max-requeues", type=int, metavar="R",
+                   default=DEFAULT_MAX_REQUEUES,
+                   help="a run interrupted more than R times stays "
+                   "terminated (default %d)" % DEFAULT_MAX_REQUEUES)
+    p.add_argument("--no-store-check", action="store_true",
+                   help="submit even where the store's filesystem cannot "
+                   "work (see 'guild slurm check')")
+    p.add_argument("--wait", action="store_true",
+                   help="wait for the jobs to end; exit 1 if a run failed")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the job scripts; submit nothing")
+
+
+@_command("slurm submit", "put staged runs on Slurm",
+          _build_slurm_submit_parser)
+def _cmd_slurm_submit(args):
+    for name in ("workers", "max_running", "max_array_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UsageError("--%s must be at least 1"
+                             % name.replace("_", "-"))
+    if args.max_array_size == 1:
+        raise UsageError("--max-array-size must be at least 2")
+    if args.max_requeues < 0 or args.signal_before < 1:
+        raise UsageError("--max-requeues must be 0 or more and "
+                         "--signal-before 1 or more")
+    run_ids = _staged_to_submit(args)
+    if not run_ids:
+        print("Nothing to submit: no staged runs selected")
+        return 0
+    for level, text in _store_findings(_guild_home()):
+        if level == "error" and not args.no_store_check:
+            raise SlurmError(text + " (--no-store-check to submit anyway)")
+        if level != "ok":
+            log.warning(text)
+    opts = {name.replace("-", "_"): getattr(args, name.replace("-", "_"))
+            for name in SBATCH_PASS_THROUGH}
+    opts.update(
+        workers=args.workers, per_run=args.per_run,
+        max_running=args.max_running, max_array_size=args.max_array_size,
+        sbatch_args=args.sbatch_arg, setup=args.setup,
+        python=args.python or sys.executable,
+        guild_py=os.path.abspath(__file__), job_name=args.job_name,
+        signal_before=args.signal_before, max_requeues=args.max_requeues)
+    if not args.dry_run and not _confirm(
+            "You are about to submit %d staged run%s to Slurm (%s)\n"
+            "Continue?" % (len(run_ids), "" if len(run_ids) == 1 else "s",
+                           "a task per run" if args.per_run else
+                           "%d workers" % min(args.workers, len(run_ids))),
+            yes=args.yes):
+        raise GuildError("aborted")
+    sub, record = _slurm_submit(run_ids, opts, args.dry_run)
+    if args.dry_run:
+        return 0
+    jobs = [a["job"] for a in record["arrays"]]
+    print("Submitted %d run%s as Slurm job%s %s (submission %s)" % (
+        len(run_ids), "" if len(run_ids) == 1 else "s",
+        "" if len(jobs) == 1 else "s", ", ".join(jobs), sub))
+    print("To watch them, use 'guild slurm status %s'" % sub)
+    return _wait_for_submission(sub) if args.wait else 0
+
+
+def _staged_to_submit(args):
+    """The staged runs args select, oldest first, a batch standing for
+    its trials."""
+    summaries, selected = _select_or_all(args)
+    chosen = {run.id for run in selected}
+    batches = {x["id"] for x in summaries
+               if x["id"] in chosen and x.get("kind") == "batch"}
+    if batches:  # a trial may be outside the filtered listing
+        summaries = run_summaries()
+        chosen |= {x["id"] for x in summaries if x.get("batch") in batches}
+    return [x["id"] for x in sorted(summaries, key=lambda x: (
+        x.get("created") or 0, x["id"]))
+        if x["id"] in chosen and x["status"] == "staged"]
+
+
+def _wait_for_submission(sub):
+    """Poll squeue until the submission's tasks have ended; show its
+    status. Exit 1 if a run failed or stayed unfinished."""
+    record = _read_json(_slurm_dir(sub, SUBMIT_RECORD))
+    jobs = [a.get("job") for a in record.get("arrays") or ()]
+    delay = 0.2
+    while _submission_active(record, _slurm_tasks(jobs)):
+        _sleep(delay)
+        delay = min(delay * 1.5, 5)
+    statuses = _run_statuses(_submission_runs(sub))
+    for line in _submission_status(sub, record, {}, statuses.values()):
+        print(line)
+    bad = sorted(set(statuses.values()) - {"completed"})
+    if bad:
+        raise SlurmError("not every run completed (%s)" % ", ".join(bad))
+    return 0
+
+
+def _build_slurm_status_parser(p):
+    p.description = (
+        "Show submissions: their tasks as squeue shows them (one squeue "
+        "call, no sacct) and their runs' states in the store. Without "
+        "SUBMISSION, those with tasks left, else the newest.")
+    p.add_argument("submission", nargs="?", metavar="SUBMISSION",
+                   help="a submission id (or prefix), a job id or JOB_TASK")
+
+
+@_command("slurm status", "show submissions' tasks and runs",
+          _build_slurm_status_parser)
+def _cmd_slurm_status(args):
+    if args.submission:
+        shown = [_submission(args.submission)]
+    else:
+        shown = [(sub, _read_json(_slurm_dir(sub, SUBMIT_RECORD)))
+                 for sub in _submission_ids()]
+        if not shown:
+            print("No Slurm submissions in %s" % _guild_home())
+            return 0
+    tasks = _slurm_tasks([a.get("job") for _, record in shown
+                          for a in record.get("arrays") or ()])
+    if not args.submission:
+        active = [x for x in shown if _submission_active(x[1], tasks)]
+        shown = active or shown[-1:]
+    statuses = _run_statuses([run_id for sub, _ in shown
+                              for run_id in _submission_runs(sub)])
+    for sub, record in shown:
+        runs = _submission_runs(sub)
+        for line in _submission_status(sub, record, tasks, [
+                statuses.get(run_id, "deleted") for run_id in runs]):
+            print(line)
+    return 0
+
+
+def _build_slurm_logs_parser(p):
+    p.description = (
+        "Print what Slurm tasks printed (the queue's log; each run's own "
+        "output is 'guild cat --output RUN'). Without TASK, every task of "
+        "the newest submission.")
+    p.add_argument("task", nargs="?", metavar="TASK",
+                   help="a submission id, a job id, or JOB_TASK")
+
+
+@_command("slurm logs", "print Slurm tasks' output", _build_slurm_logs_parser)
+def _cmd_slurm_logs(args):
+    sub, _record = _submission(args.task)
+    names = sorted((n for n in os.listdir(_slurm_dir(sub))
+                    if n.endswith(".out")), key=lambda n: [
+        int(x) if x.isdigit() else x for x in re.split(r"[_.]", n)])
+    if args.task and "_" in args.task:
+        names = [n for n in names if n == args.task + ".out"]
+    if not names:
+        raise SlurmError("no task output yet for %s" % (args.task or sub))
+    for name in names:
+        if len(names) > 1:
+            print("==> %s <==" % name)
+            sys.stdout.flush()
+        with open(_slurm_dir(sub, name), "rb") as f:
+            _write_stdout(f.read())
+    return 0
+
+
+def _build_slurm_cancel_parser(p):
+    p.description = (
+        "Cancel submissions' jobs with scancel: their running runs end "
+        "terminated and are not staged again; runs not started stay "
+        "staged. Without SUBMISSION, every submission with tasks left.")
+    p.add_argument("submissions", nargs="*", metavar="SUBMISSION",
+                   help="submission ids (or prefixes) or job ids")
+    p.add_argument("-y", "--yes", action="store_true",
+                   help="do not ask for confirmation")
+
+
+@_command("slurm cancel", "cancel submissions' jobs",
+          _build_slurm_cancel_parser)
+def _cmd_slurm_cancel(args):
+    if args.submissions:
+        chosen = [_submission(spec) for spec in args.submissions]
+    else:
+        chosen = [(sub, _read_json(_slurm_dir(sub, SUBMIT_RECORD)))
+                  for sub in _submission_ids()]
+    jobs = [str(a["job"]) for _, record in chosen
+            for a in record.get("arrays") or () if a.get("job")]
+    if not args.submissions:
+        tasks = _slurm_tasks(jobs)
+        jobs = [job for job in jobs if any(
+            t[1] in ACTIVE_SLURM_STATES for t in tasks.get(job, ()))]
+    if not jobs:
+        print("Nothing to cancel")
+        return 0
+    if not _confirm("You are about to cancel Slurm job%s %s\nContinue?" % (
+            "" if len(jobs) == 1 else "s", ", ".join(jobs)), yes=args.yes):
+        raise GuildError("aborted")
+    _slurm(["scancel"] + jobs)
+    print("Cancelled Slurm job%s %s" % ("" if len(jobs) == 1 else "s",
+                                       ", ".join(jobs)))
+    return 0
+
+
+def _build_slurm_check_parser(p):
+    p.description = (
+        "Check what Slurm jobs need: Slurm's commands, a cluster that "
+        "answers, and a run store whose filesystem the nodes share, with "
+        "hard links (claims). Exit 1 if something cannot work.")
+
+
+@_command("slurm check", "check Slurm and the store for submissions",
+          _build_slurm_check_parser)
+def _cmd_slurm_check(_args):
+    findings = []
+    sbatch = shutil.which("sbatch")
+    if sbatch:
+        findings.append(("ok", "sbatch: %s" % sbatch))
+        code, out = _slurm(["sinfo", "-h", "-o", "%P %a %D %T"],
+                           check=False)
+        if code:
+            findings.append(("error", "sinfo failed (exit %d): no cluster "
+                             "answers" % code))
+        else:
+            findings += [("ok", "partition " + line)
+                         for line in out.splitlines()]
+            findings.append(("ok", "MaxArraySize: %d" % _max_array_size()))
+    else:
+        findings.append(("error", "sbatch not found: " + SLURM_INSTALL))
+    findings += _store_findings(_guild_home())
+    for level, text in findings:
+        print("%-7s %s" % (level + ":", text))
+    return 1 if any(level == "error" for level, _ in findings) else 0
+
+
 def _parser(argv=()):
     """The argument parser; only the commands argv names get their
     arguments (building them all costs more than a run's own work)."""
@@ -5883,7 +6839,7 @@ def main(argv=None):
 
 
 # ---------------------------------------------------------------------------
-## 18. Compatibility namespaces
+## 19. Compatibility namespaces
 # ---------------------------------------------------------------------------
 
 
@@ -5909,7 +6865,7 @@ run = _namespace(
     Run=Run, mkid=mkid, run_status=run_status)
 
 # ---------------------------------------------------------------------------
-## 19. Script entry
+## 20. Script entry
 # ---------------------------------------------------------------------------
 
 # MIT License

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import signal
 import struct
@@ -1981,6 +1982,489 @@ class QueueScaleTest(GuildTestCase):
         self.assertEqual(out.count("completed"), 4)  # 2 trials, batch, q
         self.guild("runs", "delete", "-y", "1")
         self.assertEqual(len(self.guild("runs")[1].splitlines()), 3)
+
+
+# ---------------------------------------------------------------------------
+# 11-12. Preemption notices, claims, and Slurm
+# ---------------------------------------------------------------------------
+
+# A script that trains in steps from its checkpoint; on USR1 it saves the
+# checkpoint and exits, as a script preempted on a cluster should.
+CHECKPOINTED = """\
+import os, signal, sys, time
+steps = 4
+step_seconds = 0.01
+ckpt = os.path.join(os.environ["RUN_DIR"], "ckpt")
+start = int(open(ckpt).read()) if os.path.exists(ckpt) else 0
+notice = []
+signal.signal(signal.SIGUSR1, lambda *_: notice.append(1))
+print("resuming at", start, "notice by", os.environ.get(
+    "GUILD_PREEMPT_SIGNAL"), flush=True)
+for step in range(start, steps):
+    if notice:
+        print("USR1 at step", step, flush=True)
+        sys.exit(1)
+    print("step", step, flush=True)
+    time.sleep(step_seconds)
+    with open(ckpt, "w") as f:
+        f.write(str(step + 1))
+print("loss: 0.1")
+"""
+
+
+@unittest.skipIf(IS_WINDOWS, "POSIX signals")
+class PreemptionTest(GuildTestCase):
+    """Queues on USR1, claims without the lock, and the queue side of a
+    Slurm task (a submission record written here by hand), no Slurm."""
+
+    starts_scripts = True  # also run in the fresh-interpreter pass
+
+    def stage(self, n=1, **flags):
+        write(path(self.project, "train.py"), CHECKPOINTED)
+        for _ in range(n):
+            guild.create_run("train.py", flags, cwd=self.project,
+                             stage=True)
+
+    def notice_queue(self, env=None):
+        """Start a queue, send it USR1 once its first run is at step 1;
+        return its exit code and output."""
+        p = subprocess.Popen(
+            [sys.executable, GUILD_PY, "run", "queue", "run-once=yes", "-y"],
+            cwd=self.project, env=dict(os.environ, GUILD_HOME=self.home,
+                                       **(env or {})),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.addCleanup(p.stdout.close)
+        out = b""
+        while b"step 1" not in out:
+            line = p.stdout.readline()
+            self.assertTrue(line, out)
+            out += line
+        p.send_signal(signal.SIGUSR1)
+        out += p.stdout.read()
+        return p.wait(timeout=60), out.decode()
+
+    def trials(self):
+        return [r for r in self.runs() if r.opref.kind == "script"]
+
+    def test_usr1_restages_the_run_in_place(self):
+        self.stage(2, steps=50)
+        code, out = self.notice_queue()
+        self.assertEqual(code, 0, out)
+        self.assertIn("notice by USR1", out)
+        self.assertIn("USR1 at step", out)
+        self.assertIn("claiming no more runs", out)
+        self.assertEqual(sorted(r.status for r in self.trials()),
+                         ["staged", "staged"])  # one re-staged, one unclaimed
+        interrupted = [r for r in self.trials()
+                       if guild._run_attempts(r)][0]
+        with open(path(interrupted.dir, "ckpt")) as f:
+            ckpt = int(f.read())
+        code, out = self.guild("run", "queue", "run-once=yes", "-y")
+        self.assertEqual(code, 0, out)
+        self.assertIn("resuming at %d" % ckpt, out)  # same directory
+        self.assertEqual([r.status for r in self.trials()], ["completed"] * 2)
+        code, out = self.guild("runs", "info", interrupted.id)
+        self.assertIn("attempts: 2 (1 interrupted)", out)
+        self.assertIn("1: terminated, preempted (USR1)", out)
+
+    def write_submission(self, sub, run_ids, **record):
+        os.makedirs(path(self.home, "slurm", sub))
+        write(path(self.home, "slurm", sub, "runs"),
+              "".join(i + "\n" for i in run_ids))
+        write(path(self.home, "slurm", sub, "submit.json"),
+              json.dumps(dict(record, id=sub)))
+
+    def test_submission_limits_runs_and_requeues(self):
+        self.stage(3, steps=50)
+        ids = sorted(r.id for r in self.trials())
+        self.write_submission("sub1", ids[:2], max_requeues=1)
+        env = {"GUILD_SLURM_SUBMISSION": "sub1"}
+        code, out = self.notice_queue(env)
+        self.assertEqual(code, 0, out)
+        first = [r for r in self.trials() if guild._run_attempts(r)][0]
+        self.assertIn(first.id, ids[:2])
+        code, out = self.notice_queue(env)  # the same run: its 2nd notice
+        self.assertEqual(code, 0, out)
+        self.assertIn("was interrupted 2 times: it stays terminated", out)
+        self.assertEqual(first.status, "terminated")
+        code, out = self.guild("run", "queue", "run-once=yes", "-y",
+                               env=env)
+        statuses = {r.id: r.status for r in self.trials()}
+        self.assertEqual(statuses[ids[2]], "staged", out)  # not its own
+        self.assertEqual(sorted(statuses.values()),
+                         ["completed", "staged", "terminated"])
+
+    def test_task_restarted_by_slurm_restages_what_it_left(self):
+        self.stage(2, steps=50)
+        ids = sorted(r.id for r in self.trials())
+        self.write_submission("sub2", ids[:1] + ["0" * 32], per_run=True)
+        task = {"SLURM_JOB_ID": "71", "SLURM_ARRAY_JOB_ID": "70",
+                "SLURM_ARRAY_TASK_ID": "0", "GUILD_SLURM_SUBMISSION":
+                "sub2/0"}
+        p = self.start_guild_env(dict(task, SLURM_RESTART_COUNT="0"))
+        p.send_signal(signal.SIGTERM)  # as scontrol requeue does
+        p.wait(timeout=30)
+        run = guild.Run(ids[0], path(self.home, "runs", ids[0]))
+        self.assertEqual(run.status, "terminated")
+        code, out = self.guild("run", "queue", "run-once=yes", "-y",
+                               env=dict(task, SLURM_RESTART_COUNT="1"))
+        self.assertEqual(code, 0, out)
+        self.assertIn("staged again (requeued by Slurm (70_0)", out)
+        self.assertEqual(run.status, "completed")
+        self.assertEqual(len(guild._run_attempts(run)), 1)
+        other = guild.Run(ids[1], path(self.home, "runs", ids[1]))
+        self.assertEqual(other.status, "staged")  # not this task's run
+
+    def start_guild_env(self, env):
+        p = subprocess.Popen(
+            [sys.executable, GUILD_PY, "run", "queue", "run-once=yes", "-y"],
+            cwd=self.project, env=dict(os.environ, GUILD_HOME=self.home,
+                                       **env),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.addCleanup(p.stdout.close)
+        while b"step 1" not in p.stdout.readline():
+            self.assertIsNone(p.poll())
+        return p
+
+    def test_invisible_store_is_a_clear_error(self):
+        code, out = self.guild("run", "queue", "run-once=yes", "-y", env={
+            "GUILD_SLURM_SUBMISSION": "gone"})
+        self.assertEqual(code, 3, out)
+        self.assertGuildError((code, out), "is not visible from")
+        self.assertFalse(os.path.exists(path(self.home, "runs")))
+
+    def test_claims_hold_without_the_lock(self):
+        # Filesystems such as Lustre with localflock hold a lock on one
+        # machine only: processes that do not share it still claim each
+        # run once, by creating its PENDING file with a link.
+        self.stage(30)
+        runs = self.trials()
+        gate_r, gate_w = os.pipe()  # closed: all claim at once
+        done_r, done_w = os.pipe()  # closed: all may exit (claims die)
+        claimers = []
+        for _ in range(4):
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                try:
+                    os.close(r)
+                    os.close(gate_w)
+                    os.close(done_w)
+                    os.read(gate_r, 1)
+                    mine = [run.id for run in runs
+                            if guild._claim_staged(run) == "staged"]
+                    os.write(w, (json.dumps(mine) + "\n").encode())
+                    os.read(done_r, 1)
+                finally:
+                    os._exit(0)
+            os.close(w)
+            claimers.append((pid, os.fdopen(r)))
+        os.close(gate_w)
+        claimed = []
+        for _pid, f in claimers:
+            claimed += json.loads(f.readline())
+            f.close()
+        os.close(done_w)
+        for pid, _f in claimers:
+            os.waitpid(pid, 0)
+        os.close(gate_r)
+        os.close(done_r)
+        self.assertEqual(sorted(claimed), sorted(r.id for r in runs))
+
+
+class SlurmScriptTest(GuildTestCase):
+    """What `guild slurm submit --dry-run` would submit: no Slurm needed."""
+
+    def stage(self, n):
+        write(path(self.project, "train.py"), CHECKPOINTED)
+        for _ in range(n):
+            guild.create_run("train.py", cwd=self.project, stage=True)
+
+    def dry_run(self, *args):
+        code, out = self.guild("slurm", "submit", "--dry-run",
+                               "--max-array-size", "1001", *args)
+        self.assertEqual(code, 0, out)
+        return out
+
+    def test_job_script(self):
+        self.stage(3)
+        out = self.dry_run(
+            "--workers", "8", "--time", "1:00:00", "--signal-before", "300",
+            "--partition", "gpu", "--gpus-per-task", "1", "--mem", "8G",
+            "--cpus-per-task", "4", "--account", "lab", "--qos", "high",
+            "--dependency", "afterok:12", "--sbatch-arg=--constraint=a100",
+            "--setup", "module load python/3.11", "--python", "/opt/py3")
+        self.assertEqual(out.count("#!/bin/bash"), 1)
+        for line in ("#SBATCH --array=0-2", "#SBATCH --requeue",
+                     "#SBATCH --signal=B:USR1@300", "#SBATCH --time=1:00:00",
+                     "#SBATCH --partition=gpu", "#SBATCH --gpus-per-task=1",
+                     "#SBATCH --mem=8G", "#SBATCH --cpus-per-task=4",
+                     "#SBATCH --account=lab", "#SBATCH --qos=high",
+                     "#SBATCH --dependency=afterok:12",
+                     "#SBATCH --constraint=a100", "#SBATCH --open-mode=append",
+                     "export GUILD_HOME=%s" % self.home,
+                     "module load python/3.11",
+                     "exec /opt/py3 %s run queue run-once=yes "
+                     "ignore-running=yes -y" % GUILD_PY):
+            self.assertIn(line + "\n", out)
+        self.assertIn("3 workers pulling 3 runs", out)  # no idle workers
+        self.assertRegex(out, r"#SBATCH --output=%s/slurm/\w+/%%A_%%a.out"
+                         % re.escape(self.home))
+        self.assertFalse(os.path.exists(path(self.home, "slurm")))
+
+    def test_arrays_split_below_max_array_size(self):
+        self.stage(5)
+        out = self.dry_run("--per-run", "--max-array-size", "3",
+                           "--max-running", "2")
+        self.assertEqual(re.findall(r"--array=(\S+)", out),
+                         ["0-1%2", "0-1%2", "0-0%2"])
+        self.assertEqual(re.findall(r"GUILD_SLURM_SUBMISSION=\w+/(\d+)",
+                                    out), ["0", "2", "4"])
+        self.assertEqual(out.count("--dependency=afterany:"), 2)  # K in all
+        out = self.dry_run("--max-array-size", "3", "--workers", "9")
+        self.assertEqual(re.findall(r"--array=(\S+)", out), ["0-1"])
+
+    def test_selection(self):
+        self.stage(2)
+        code, out = self.guild("run", "train.py", "steps=[1,2,3]",
+                               "--stage-trials", "-y")
+        self.assertEqual(code, 0, out)
+        batch = [r for r in self.runs() if r.opref.kind == "batch"][0]
+        out = self.dry_run("--batch", batch.id, "--per-run")
+        self.assertIn("#SBATCH --array=0-2\n", out)
+        out = self.dry_run(batch.id)
+        self.assertIn("3 workers pulling 3 runs", out)
+        out = self.dry_run()
+        self.assertIn("4 workers pulling 5 runs", out)
+        code, out = self.guild("slurm", "submit", "-Fo", "nothing.py")
+        self.assertEqual((code, out), (0, "Nothing to submit: no staged "
+                                       "runs selected\n"))
+
+    def test_no_slurm_is_a_clear_error(self):
+        self.stage(1)
+        env = {"PATH": os.path.dirname(sys.executable)}
+        code, out = self.guild("slurm", "submit", "-y", env=env)
+        self.assertGuildError((code, out), "sbatch not found: install "
+                              "Slurm's client commands")
+        code, out = self.guild("slurm", "status", env=env)
+        self.assertEqual((code, out), (0, "No Slurm submissions in %s\n"
+                                       % self.home))
+        code, out = self.guild("slurm", "check", env=env)
+        self.assertEqual(code, 1, out)
+        self.assertIn("error:  sbatch not found", out)
+
+
+def _slurm_answers():
+    """True if sbatch is here and a cluster answers with a usable node."""
+    if not shutil.which("sbatch"):
+        return False
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%T"], timeout=10,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             check=True).stdout.decode()
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return any(state.rstrip("*") in ("idle", "mixed", "allocated",
+                                      "completing")
+               and not state.endswith("*") for state in out.split())
+
+
+SLURM_SETUP = ("apt-get install slurmctld slurmd slurm-client munge, then "
+               "as root SLURM_BASE=/tmp/slurm samples/ci/slurm-start.sh; "
+               "or set GUILD_REQUIRE_SLURM=1 to fail here instead")
+
+
+@unittest.skipIf(IS_WINDOWS, "Slurm runs on Linux")
+class SlurmTest(GuildTestCase):
+    """Submissions on a real Slurm cluster (one node is enough: see
+    README, Clusters). Skipped when none answers."""
+
+    starts_scripts = True  # also run in the fresh-interpreter pass
+
+    def setUp(self):
+        require("slurm", _slurm_answers(), SLURM_SETUP)
+        super().setUp()
+        self.addCleanup(self.cancel_jobs)
+
+    def cancel_jobs(self):
+        jobs = [str(a["job"]) for sub in guild._submission_ids()
+                for a in (guild._read_json(path(
+                    self.home, "slurm", sub, "submit.json")) or {}).get(
+                        "arrays", ()) if a.get("job")]
+        if jobs:
+            subprocess.run(["scancel"] + jobs, check=False)
+            self.wait_for(lambda: not self.active(jobs), timeout=30)
+
+    def active(self, jobs):
+        tasks = guild._slurm_tasks(jobs)
+        return [t for job in jobs for t in tasks.get(str(job), ())
+                if t[1] in guild.ACTIVE_SLURM_STATES]
+
+    def wait_for(self, predicate, timeout=60, what="it"):
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                self.fail("timed out waiting for %s" % what)
+            time.sleep(0.05)
+
+    def stage(self, n, script=CHECKPOINTED, **flags):
+        write(path(self.project, "train.py"), script)
+        return [guild.create_run("train.py", flags, cwd=self.project,
+                                 stage=True).id for _ in range(n)]
+
+    def submit(self, *args):
+        code, out = self.guild("slurm", "submit", "-y", *args)
+        self.assertEqual(code, 0, out)
+        job = re.search(r"as Slurm jobs? (\d+)", out).group(1)
+        return job, out
+
+    def run_of(self, run_id):
+        return guild.Run(run_id, path(self.home, "runs", run_id))
+
+    def starts(self):
+        """{run id: times a queue started it}, from the task logs."""
+        counts = {}
+        for sub in guild._submission_ids():
+            for name in os.listdir(path(self.home, "slurm", sub)):
+                if name.endswith(".out"):
+                    with open(path(self.home, "slurm", sub, name)) as f:
+                        for run_id in re.findall(
+                                r"Starting staged run (\w+)", f.read()):
+                            counts[run_id] = counts.get(run_id, 0) + 1
+        return counts
+
+    def logs(self):
+        """The task logs and Slurm's view, for failure messages."""
+        code, out = self.guild("slurm", "logs")
+        return out + self.guild("slurm", "status")[1]
+
+    def assertStatuses(self, ids, statuses):
+        self.assertEqual([self.run_of(i).status for i in ids], statuses,
+                         self.logs())
+
+    def running_in_slurm(self, run_id):
+        proc = guild._read_json(path(self.home, "runs", run_id, ".guild",
+                                     "proc.json")) or {}
+        return proc.get("slurm") and self.run_of(run_id).status == "running"
+
+    def test_pull_workers_start_each_run_once(self):
+        ids = self.stage(20, steps=1)
+        code, out = self.guild("slurm", "submit", "-y", "--workers", "4",
+                               "--wait")
+        self.assertEqual(code, 0, out)
+        self.assertIn("runs: 20 completed", out)
+        self.assertEqual(self.starts(), {i: 1 for i in ids})
+        self.assertEqual([r.status for r in self.runs()],
+                         ["completed"] * 24)  # 20 runs, 4 queues
+        code, out = self.guild("slurm", "status")
+        self.assertIn("4 pull workers, 20 runs", out)
+        code, out = self.guild("slurm", "logs")
+        self.assertEqual(out.count("==> "), 4)
+
+    def test_per_run_skips_a_run_started_elsewhere(self):
+        ids = self.stage(3, steps=1)
+        job, _ = self.submit("--per-run", "--sbatch-arg=--hold")
+        code, out = self.guild("run", "--start", ids[1], "-y")
+        self.assertEqual(code, 0, out)
+        subprocess.run(["scontrol", "release", job], check=True)
+        self.wait_for(lambda: not self.active([job]), what="the array")
+        self.assertEqual(self.starts(), {ids[0]: 1, ids[2]: 1})
+        self.assertStatuses(ids, ["completed"] * 3)
+        code, out = self.guild("slurm", "logs", job + "_1")
+        self.assertEqual(code, 0, out)
+        self.assertNotIn("Starting staged run", out)
+
+    def restart_now(self, task):
+        """Start a requeued task at once, not after Slurm's hold."""
+        self.wait_for(lambda: [t for t in guild._slurm_tasks(
+            [task.split("_")[0]]).get(task.split("_")[0], ())
+            if t[0] == task.split("_")[1] and t[1] == "PENDING"],
+            what="task %s to be requeued" % task)
+        # slurmd revokes the task's credential at a time in whole
+        # seconds: a launch in that same second fails ("Job credential
+        # revoked"), which is what Slurm's own hold of a requeued task
+        # (about 120 s) prevents.
+        time.sleep(1.05 - time.time() % 1)
+        subprocess.run(["scontrol", "update", "JobId=" + task,
+                        "StartTime=now"], check=True)
+
+    def test_requeued_task_restages_its_run(self):
+        ids = self.stage(3, steps=30, step_seconds=0.02)
+        job, _ = self.submit("--workers", "1")
+        busy = self.wait_for(lambda: [i for i in ids
+                                      if self.running_in_slurm(i)],
+                             what="a run to start")[0]
+        subprocess.run(["scontrol", "requeue", job + "_0"], check=True)
+        self.restart_now(job + "_0")
+        self.wait_for(lambda: not self.active([job]), what="the array")
+        self.assertStatuses(ids, ["completed"] * 3)
+        attempts = {i: len(guild._run_attempts(self.run_of(i))) for i in ids}
+        self.assertEqual(attempts, {i: int(i == busy) for i in ids})
+        self.assertEqual(self.starts(), {i: 1 + int(i == busy) for i in ids})
+        code, out = self.guild("runs", "info", busy)
+        self.assertIn("attempts: 2 (1 interrupted)", out)
+        self.assertIn("requeued by Slurm (%s_0)" % job, out)
+
+    def test_usr1_notice_restages_and_requeues(self):
+        ids = self.stage(2, steps=100, step_seconds=0.02)
+        job, _ = self.submit("--workers", "1")
+        busy = self.wait_for(lambda: [i for i in ids
+                                      if self.running_in_slurm(i)],
+                             what="a run to start")[0]
+        self.wait_for(lambda: "step 1\n" in (self.guild(
+            "cat", "--output", busy)[1]), what="its handler for USR1")
+        subprocess.run(["scancel", "--batch", "--signal=USR1",
+                        job + "_0"], check=True)
+        self.restart_now(job + "_0")  # the task requeued itself
+        self.wait_for(lambda: not self.active([job]), what="the array")
+        self.assertStatuses(ids, ["completed"] * 2)
+        self.assertEqual(len(guild._run_attempts(self.run_of(busy))), 1)
+        code, out = self.guild("cat", "--output", busy)
+        self.assertIn("USR1 at step", out)
+        self.assertRegex(out, r"resuming at [1-9]")
+        code, out = self.guild("slurm", "logs", job + "_0")
+        self.assertIn("Requeued Slurm task %s_0" % job, out)
+
+    def test_scancel_leaves_runs_terminated(self):
+        ids = self.stage(2, steps=200, step_seconds=0.05)
+        job, _ = self.submit("--workers", "1")
+        busy = self.wait_for(lambda: [i for i in ids
+                                      if self.running_in_slurm(i)],
+                             what="a run to start")[0]
+        code, out = self.guild("slurm", "cancel", "-y")
+        self.assertEqual(code, 0, out)
+        self.assertIn("Cancelled Slurm job %s" % job, out)
+        self.wait_for(lambda: not self.active([job]), what="the array")
+        self.wait_for(lambda: self.run_of(busy).status == "terminated",
+                      timeout=10, what="the run to end")
+        self.assertEqual(guild._run_attempts(self.run_of(busy)), [])
+        other = [i for i in ids if i != busy][0]
+        self.assertEqual(self.run_of(other).status, "staged", self.logs())
+
+    def test_store_not_visible_from_the_task(self):
+        self.stage(1, steps=1)
+        logs = mkdtemp()
+        job, _ = self.submit("--sbatch-arg=--hold", "--sbatch-arg=--output="
+                             + path(logs, "%A_%a.out"))
+        moved = self.home + ".moved"
+        os.rename(self.home, moved)
+        try:
+            subprocess.run(["scontrol", "release", job], check=True)
+            self.wait_for(lambda: not self.active([job]), what="the task")
+            with open(path(logs, job + "_0.out")) as f:
+                out = f.read()
+            self.assertFalse(os.path.exists(self.home))  # nothing written
+        finally:
+            os.rename(moved, self.home)
+        self.assertIn("guild: the run store %s is not visible from"
+                      % self.home, out)
+        self.assertNotIn("Traceback", out)
+        show = subprocess.run(["scontrol", "show", "job", job],
+                              stdout=subprocess.PIPE, check=True)
+        self.assertIn(b"ExitCode=3:0", show.stdout)
 
 
 @unittest.skipIf(IS_WINDOWS, "POSIX signals")

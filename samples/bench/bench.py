@@ -27,6 +27,7 @@ PY = sys.executable
 
 sys.path.insert(0, ROOT)
 import guild  # noqa: E402  (the file under test, from this checkout)
+import slurm_bench  # noqa: E402  (beside this file)
 
 TRIVIAL = "i = 0\n"
 
@@ -283,6 +284,7 @@ def main(argv):
         row("E1 100,000 TensorBoard scalars", "%.3fs, +1,000: %.3fs"
             % (first, later), "~0.5s, +1,000 <= 0.02s",
             first <= 0.6 and later <= 0.02)
+        slurm_bench.run(tmp, row, repeats)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
