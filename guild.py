@@ -32,17 +32,19 @@ file): copy this file freely, keep this notice.
 #   7. TensorBoard event files
 #   8. Runs: the run directory, its status and its scalars
 #   9. The run store: indexes, the listing cache, filters, the trash
-#  10. Operations: creating, staging, starting and stopping runs
-#  11. Batches and trials
-#  12. Optimizers: model-based search (tpe)
-#  13. The queue
-#  14. Slurm: staged runs on a cluster
-#  15. Results: compare
-#  16. The web view
-#  17. Python API
-#  18. Command line
-#  19. Compatibility namespaces
-#  20. Script entry
+#  10. Creating runs: operations, flags, the source snapshot
+#  11. The script's process
+#  12. Starting and stopping runs
+#  13. Batches and trials
+#  14. Optimizers: model-based search (tpe)
+#  15. The queue
+#  16. Slurm: staged runs on a cluster
+#  17. Results: compare
+#  18. The web view
+#  19. Python API
+#  20. Command line
+#  21. Compatibility namespaces
+#  22. Script entry
 
 __version__ = "0.1.0"
 
@@ -87,6 +89,17 @@ __all__ = [
 ## 1. Imports, constants and platform choices
 # ---------------------------------------------------------------------------
 
+import sys
+
+# The modules the interpreter had imported before this file: a script's
+# process forgets others the script's own files shadow (section 11).
+_INTERPRETER_MODULES = frozenset(sys.modules)
+# Run as a program, this file's directory is first on sys.path, where a
+# project's own json.py beside a copied guild.py would stand in for the
+# standard library's. guild.py needs nothing from there: take it off.
+_OWN_PATH_ENTRY = (sys.path.pop(0) if __name__ == "__main__" and sys.path
+                   else None)
+
 # logging and subprocess are imported where they are used: together they
 # cost a plain run a fifth of an interpreter's start-up, and it needs neither.
 import argparse
@@ -106,7 +119,6 @@ import re
 import shutil
 import signal
 import struct
-import sys
 import threading
 import time
 import types
@@ -1104,54 +1116,9 @@ def _parse_flag_args(args):
 
 
 # Flag inference. An argparse script is asked for its parser in a child
-# process that stops at parse_args (cached by the script's content); any
-# other script's flags are its module-level literal assignments.
-
-_ARGPARSE_PROBE = r"""
-import argparse, json, os, sys, types
-out_path, script = sys.argv[1], sys.argv[2]
-KINDS = {"_StoreAction": "store", "_StoreTrueAction": "store_true",
-         "_StoreFalseAction": "store_false"}
-def describe(parser, *_args, **_kw):
-    flags = []
-    for a in parser._actions:
-        kind = KINDS.get(type(a).__name__)
-        longs = [o for o in a.option_strings if o.startswith("--")]
-        if not kind or not longs or (kind == "store"
-                                     and a.nargs not in (None, "?")):
-            continue
-        default = a.default
-        try:
-            json.dumps(default)
-        except (TypeError, ValueError):
-            default = str(default)
-        if kind != "store":
-            ftype = "boolean"
-        elif a.type in (int, float):
-            ftype = a.type.__name__
-        elif a.type is None and isinstance(default, (int, float)) \
-                and not isinstance(default, bool):
-            ftype = type(default).__name__
-        else:
-            ftype = "string"
-        choices = list(a.choices) if a.choices else None
-        flags.append({"name": longs[0][2:], "arg": longs[0], "kind": kind,
-                      "type": ftype, "default": default,
-                      "help": a.help or "", "choices": choices})
-    with open(out_path, "w") as f:
-        json.dump(flags, f)
-    os._exit(0)
-argparse.ArgumentParser.parse_args = describe
-argparse.ArgumentParser.parse_known_args = describe
-sys.argv = [script]
-sys.path[0] = os.path.dirname(os.path.abspath(script))
-main = types.ModuleType("__main__")
-main.__file__ = script
-sys.modules["__main__"] = main
-with open(script, "rb") as f:
-    code = compile(f.read(), script, "exec")
-exec(code, main.__dict__)
-"""
+# process that stops at parse_args (the probe, section 11; cached by the
+# script's content); any other script's flags are its module-level literal
+# assignments.
 
 def _script_flagdefs(script_path):
     """Return (mode, flagdefs) for a script: mode is args or globals.
@@ -1162,7 +1129,8 @@ def _script_flagdefs(script_path):
     """
     with open(script_path, "rb") as f:
         source = f.read()
-    salted = source + _ARGPARSE_PROBE.encode()
+    this = os.stat(_THIS_FILE)  # a changed guild.py may probe otherwise
+    salted = source + b"%d %d" % (this.st_size, this.st_mtime_ns)
     key = "%08x%08x%d" % (zlib.crc32(salted), zlib.adler32(salted),
                           len(source))
     cache_path = os.path.join(_guild_home(), "cache", "flags",
@@ -1200,8 +1168,9 @@ def _imports_argparse(ast, tree):
     return False
 
 
-def _globals_flagdefs(ast, tree):
-    defs = {}
+def _module_assignments(ast, tree):
+    """(name, node) for each module-level assignment to one name: where a
+    globals-style script's flags are read from, and replaced in a run."""
     for node in tree.body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1:
             target = node.targets[0]
@@ -1209,7 +1178,14 @@ def _globals_flagdefs(ast, tree):
             target = node.target
         else:
             continue
-        if not isinstance(target, ast.Name) or target.id.startswith("_"):
+        if isinstance(target, ast.Name):
+            yield target.id, node
+
+
+def _globals_flagdefs(ast, tree):
+    defs = {}
+    for name, node in _module_assignments(ast, tree):
+        if name.startswith("_"):
             continue
         try:
             val = ast.literal_eval(node.value)
@@ -1217,32 +1193,36 @@ def _globals_flagdefs(ast, tree):
             continue
         if val is not None and _flagdef_type_for_value(val) is None:
             continue
-        defs[target.id] = {"type": _flagdef_type_for_value(val),
-                           "default": val, "help": ""}
+        defs[name] = {"type": _flagdef_type_for_value(val),
+                      "default": val, "help": ""}
     return defs
 
 
 def _argparse_flagdefs(script_path, cache_path):
     """Flag defs from the script's argparse parser, or None if it has none.
 
-    The script runs in a child process that stops at parse_args.
+    The script runs in a child process that stops at parse_args (the
+    probe, section 11).
     """
     out_path = "%s.%s.out" % (cache_path, os.urandom(4).hex())
     _ensure_dir(os.path.dirname(cache_path))
-    import subprocess
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
-    try:
-        subprocess.run(
-            [sys.executable, "-c", _ARGPARSE_PROBE, out_path,
-             os.path.abspath(script_path)],
-            cwd=os.path.dirname(os.path.abspath(script_path)), env=env,
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, timeout=FLAGS_PROBE_TIMEOUT,
-            check=False)
-    except subprocess.TimeoutExpired:
-        log.warning("%s did not reach parse_args in %ss; using its "
-                    "module globals as flags", script_path,
-                    FLAGS_PROBE_TIMEOUT)
+    script = os.path.abspath(script_path)
+    proc = _start_script_process(
+        ["probe", out_path, script], os.path.dirname(script),
+        dict(os.environ, PYTHONDONTWRITEBYTECODE="1"), None,
+        _fork_possible())
+    deadline = time.monotonic() + FLAGS_PROBE_TIMEOUT
+    delay = 0.001
+    while proc.poll() is None:
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            log.warning("%s did not reach parse_args in %ss; using its "
+                        "module globals as flags", script_path,
+                        FLAGS_PROBE_TIMEOUT)
+            break
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
     probed = _read_json(out_path)
     _remove(out_path)
     if not isinstance(probed, list):
@@ -2595,7 +2575,7 @@ def _select_one(spec, runs):
 
 
 # ---------------------------------------------------------------------------
-## 10. Operations: creating, staging, starting and stopping runs
+## 10. Creating runs: operations, flags, the source snapshot
 # ---------------------------------------------------------------------------
 
 
@@ -2811,6 +2791,398 @@ def _default_label(flags):
     return format_flags({k: v for k, v in flags.items() if v is not None})
 
 
+def _print_staged(run, run_dir_given):
+    desc = run.op_desc
+    if run_dir_given:
+        _echo("%s staged in '%s'" % (desc, run.dir))
+        _echo("To start the operation, use 'guild run --start %s'" % run.dir)
+    else:
+        _echo("%s staged as %s" % (desc, run.id))
+        _echo("To start the operation, use 'guild run --start %s'" % run.id)
+
+
+# ---------------------------------------------------------------------------
+## 11. The script's process
+# ---------------------------------------------------------------------------
+#
+# A script runs as `__main__` in a process of its own: a fork of the guild
+# process (Linux), or a fresh interpreter that loads this very file by path
+# (`python /path/to/guild.py --guild-script-process WORD...`, so a copied
+# guild.py works). Both call _script_process_main with the same words, and
+# it makes the process what `python SCRIPT ARG...` would be:
+#
+#   run REPLACE SCRIPT [ARG...]  run SCRIPT with argv [SCRIPT, ARG...];
+#                                REPLACE is JSON, {global: value}, values
+#                                that replace the script's own literals
+#   probe OUT SCRIPT             run SCRIPT until it parses its arguments,
+#                                write its argparse options to OUT (JSON)
+#                                and exit
+
+SCRIPT_PROCESS_ARG = "--guild-script-process"
+_THIS_FILE = os.path.abspath(__file__)
+
+
+def _script_process_main(words):
+    """Be the script's process that words describe; return its exit code.
+
+    A script ended by Ctrl-C ends this process by SIGINT, as Python does.
+    """
+    what, arg, script, args = words[0], words[1], words[2], words[3:]
+    with open(script, "rb") as f:
+        source = f.read()
+    if what == "probe":
+        _patch_argparse_to_describe(arg)
+        code = _compile_script(source, script)
+    else:
+        code = _compile_script(source, script, json.loads(arg))
+    own_pid = os.getpid()
+    _set_script_path(os.path.dirname(os.path.abspath(script)))
+    sys.argv = [script] + args
+    status = _exec_as_main(code, script)
+    try:
+        _end_process()
+    except KeyboardInterrupt:  # Ctrl-C while threads were joined
+        status = -signal.SIGINT
+    # Only the script's own process records the run's exit: a child it
+    # forked comes back here too, and must not.
+    if what == "run" and os.getpid() == own_pid:
+        _record_script_exit(status)
+    _flush_open_files()
+    if status < 0:
+        signal.signal(-status, signal.SIG_DFL)
+        os.kill(os.getpid(), -status)
+    return status
+
+
+def _compile_script(source, script, replace=None):
+    """The script's code; with replace, its module-level assignments of
+    the names replace holds assign replace's values instead."""
+    if not replace:
+        return compile(source, script, "exec", dont_inherit=True)
+    import ast
+    tree = ast.parse(source, script)
+    for name, node in _module_assignments(ast, tree):
+        if name in replace:
+            node.value = ast.copy_location(
+                _ast_literal(ast, replace[name]), node.value)
+    return compile(ast.fix_missing_locations(tree), script, "exec",
+                   dont_inherit=True)
+
+
+def _ast_literal(ast, val):
+    if isinstance(val, list):
+        return ast.List(elts=[_ast_literal(ast, x) for x in val],
+                        ctx=ast.Load())
+    return ast.Constant(value=val)
+
+
+def _set_script_path(script_dir):
+    """Make sys.path and sys.modules what `python SCRIPT` would have.
+
+    The script's directory comes first on sys.path. `import guild` gets
+    this file. A module guild imported that the interpreter had not, and
+    that the script's directory holds a file of the same name for (a
+    `json.py`), is forgotten, so the script imports its own.
+    """
+    if _OWN_PATH_ENTRY is None and sys.path:
+        sys.path[0] = script_dir
+    else:  # guild's own entry was taken off at start (section 1)
+        sys.path.insert(0, script_dir)
+    _register_module("guild")
+    try:
+        names = os.listdir(script_dir)
+    except OSError:
+        names = []
+    local = {n[:-3] for n in names if n.endswith(".py")} | {
+        n for n in names
+        if os.path.isfile(os.path.join(script_dir, n, "__init__.py"))}
+    for name in list(sys.modules):
+        top = name.partition(".")[0]
+        if top in local and top not in _INTERPRETER_MODULES:
+            del sys.modules[name]
+
+
+def _exec_as_main(code, script):
+    """Run code as module __main__; return the exit code it ends with.
+
+    An uncaught exception is shown as the interpreter shows it, the
+    traceback starting at the script.
+    """
+    main = types.ModuleType("__main__")
+    main.__file__ = script
+    main.__builtins__ = builtins
+    main.__cached__ = None
+    sys.modules["__main__"] = main
+    try:
+        exec(code, main.__dict__)
+    except SystemExit as e:
+        return _system_exit_status(e)
+    except BaseException as e:
+        tb = e.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename != script:
+            tb = tb.tb_next
+        sys.excepthook(type(e), e, e.with_traceback(tb).__traceback__)
+        return -signal.SIGINT if isinstance(e, KeyboardInterrupt) else 1
+    return 0
+
+
+def _system_exit_status(e):
+    """The exit code an interpreter gives for an uncaught SystemExit e:
+    None is 0, an int is taken modulo 256, anything else is printed and
+    is 1."""
+    if e.code is None:
+        return 0
+    if isinstance(e.code, int):
+        return e.code & 0xFF
+    try:
+        print(e.code, file=sys.stderr)
+    except Exception:
+        pass
+    return 1
+
+
+def _end_process():
+    """What an interpreter does at exit that a program can see: run the
+    callbacks threading registered for shutdown (executors' among them),
+    join the threads that are not daemons, run the exit handlers, flush
+    stdout and stderr."""
+    shutdown = getattr(threading, "_shutdown", None)
+    if shutdown is not None and \
+            threading.current_thread() is threading.main_thread():
+        shutdown()
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def _flush_open_files():
+    """Flush the files the script left open, as the interpreter's
+    teardown would before a forked process ends by os._exit. guild's own
+    objects were frozen at the fork, so gc does not list them."""
+    for obj in gc.get_objects():
+        if type(obj) in (io.TextIOWrapper, io.BufferedWriter,
+                         io.BufferedRandom):
+            try:
+                obj.flush()
+            except Exception:
+                pass
+
+
+def _record_script_exit(status):
+    """Record the script's exit in the run's .guild directory (the
+    working directory), so a run ends even if no guild process watches
+    it any more."""
+    try:
+        _write_json(os.path.abspath(os.path.join(".guild", EXIT_ATTRS)), {
+            "exit_status": status, "stopped": _timestamp(),
+            "status": _exit_status_name(status, False)})
+    except OSError:
+        pass  # the run dir is gone; whoever watches records the exit
+
+
+# The argparse probe: parse_args and parse_known_args write what the
+# parser holds and end the process, before the script does its work.
+
+_ARGPARSE_KINDS = {"_StoreAction": "store", "_StoreTrueAction": "store_true",
+                   "_StoreFalseAction": "store_false"}
+
+
+def _patch_argparse_to_describe(out_path):
+    def describe(parser, *_args, **_kw):
+        _write_json(out_path, _argparse_flags(parser))
+        os._exit(0)
+    argparse.ArgumentParser.parse_args = describe
+    argparse.ArgumentParser.parse_known_args = describe
+
+
+def _argparse_flags(parser):
+    """The flag definitions of an argparse parser's options, a list."""
+    flags = []
+    for a in parser._actions:
+        kind = _ARGPARSE_KINDS.get(type(a).__name__)
+        longs = [o for o in a.option_strings if o.startswith("--")]
+        if not kind or not longs or (kind == "store"
+                                     and a.nargs not in (None, "?")):
+            continue
+        default = a.default
+        try:
+            json.dumps(default)
+        except (TypeError, ValueError):
+            default = str(default)
+        if kind != "store":
+            ftype = "boolean"
+        elif a.type in (int, float):
+            ftype = a.type.__name__
+        elif a.type is None and isinstance(default, (int, float)) \
+                and not isinstance(default, bool):
+            ftype = type(default).__name__
+        else:
+            ftype = "string"
+        choices = list(a.choices) if a.choices else None
+        flags.append({"name": longs[0][2:], "arg": longs[0], "kind": kind,
+                      "type": ftype, "default": default,
+                      "help": a.help or "", "choices": choices})
+    return flags
+
+
+# Starting the process: a fork, or a fresh interpreter.
+
+def _fork_possible():
+    """True if a script's process may be a fork of this one: where
+    FORK_SCRIPTS says so, and this process has no other threads (a
+    notebook's), which a fork would leave in an unknown state."""
+    return FORK_SCRIPTS and threading.active_count() == 1
+
+
+def _start_script_process(words, cwd, env, out_fd, fork):
+    """Start the script's process for words (see above) in directory cwd
+    with environment env, in a session of its own, its stdout and stderr
+    writing to out_fd (None: discarded); return a Popen or a
+    _ForkedProcess."""
+    if fork:
+        return _fork_script_process(words, cwd, env, out_fd)
+    import subprocess
+    cmd = ([sys.executable] + subprocess._args_from_interpreter_flags()
+           + [_THIS_FILE, SCRIPT_PROCESS_ARG] + list(words))
+    popen_kw = {}
+    if IS_WINDOWS:  # pragma: no cover
+        popen_kw["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
+    else:
+        popen_kw["start_new_session"] = True
+    if out_fd is None:  # a probe: no terminal in, nothing out
+        popen_kw.update(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL)
+    else:
+        popen_kw.update(stdout=out_fd, stderr=subprocess.STDOUT)
+    return subprocess.Popen(cmd, cwd=cwd, env=env, **popen_kw)
+
+
+class _ForkedProcess:
+    """A forked child, with the part of Popen that guild uses."""
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.returncode = None
+
+    def poll(self):
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self._set_returncode(status)
+        return self.returncode
+
+    def wait(self):
+        """Wait for the child to exit; return its Popen-style returncode."""
+        if self.returncode is None:
+            self._set_returncode(os.waitpid(self.pid, 0)[1])
+        return self.returncode
+
+    def _set_returncode(self, status):
+        self.returncode = (-os.WTERMSIG(status) if os.WIFSIGNALED(status)
+                           else os.WEXITSTATUS(status))
+
+    def kill(self):
+        os.kill(self.pid, signal.SIGKILL)
+
+
+def _fork_script_process(words, cwd, env, out_fd):
+    """Start the script's process as a fork of this one: what a fresh
+    interpreter would do, less its start-up."""
+    for stream in (sys.stdout, sys.stderr):  # or the child writes it again
+        stream.flush()
+    if words[0] == "run" and words[1] != "{}":
+        __import__("ast")  # imported once for all the scripts a queue forks
+    pid = os.fork()
+    if pid:
+        return _ForkedProcess(pid)
+    status = 1
+    try:  # the child never returns into guild: it ends here, whatever happens
+        _become_script_process(cwd, env, out_fd)
+        status = _script_process_main(words)
+    except BaseException:  # pragma: no cover - a failure before the script
+        try:
+            sys.excepthook(*sys.exc_info())
+            sys.stderr.flush()
+        except BaseException:
+            pass
+    finally:
+        os._exit(status)
+
+
+def _reset_process_state():
+    """In a forked child: guild's state as a fresh import leaves it, and
+    signal handlers as a fresh interpreter has them (a handler set in
+    Python is not inherited across exec; an ignored signal is). logging,
+    if guild imported it, is forgotten: the script sets up its own."""
+    global _lock_state_guard
+    _Output.files = []
+    _Output.quiet = False
+    _LOG_SETUP.update(done=False, cli=False)
+    _own_owner.clear()
+    _last_beat.clear()
+    _lock_state_guard = threading.Lock()
+    _lock_states.clear()  # record locks are not inherited by a fork
+    if "logging" not in _INTERPRETER_MODULES:
+        for name in list(sys.modules):
+            if name == "logging" or name.startswith("logging."):
+                del sys.modules[name]
+    for signum in signal.valid_signals():
+        try:
+            handler = signal.getsignal(signum)
+        except (OSError, ValueError):
+            continue
+        if callable(handler):
+            signal.signal(signum, signal.default_int_handler
+                          if signum == signal.SIGINT else signal.SIG_DFL)
+
+
+def _become_script_process(cwd, env, out_fd):
+    """In a forked child: become what a fresh interpreter started by
+    _start_script_process would be: its own session and directory, only
+    stdin, stdout and stderr open, the environment env, default signal
+    handlers and exit handlers, new standard streams, and guild's state
+    as a fresh import leaves it."""
+    gc.freeze()  # guild's objects are not the script's to collect
+    _reset_process_state()
+    os.setsid()
+    os.chdir(cwd)
+    if out_fd is None:  # a probe: no terminal in, nothing out
+        null_fd = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null_fd, fd)
+    else:
+        os.dup2(out_fd, 1)
+        os.dup2(out_fd, 2)
+    for fd in os.listdir("/proc/self/fd"):  # forks happen on Linux only
+        if int(fd) > 2:
+            try:
+                os.close(int(fd))
+            except OSError:
+                pass
+    os.environ.clear()
+    os.environ.update(env)
+    atexit._clear()
+    encoding = getattr(sys.__stdout__, "encoding", None) or "utf-8"
+    sys.stdout = sys.__stdout__ = io.TextIOWrapper(
+        io.FileIO(1, "w", closefd=False), encoding=encoding,
+        errors=getattr(sys.__stdout__, "errors", None) or "strict",
+        write_through=True)
+    sys.stderr = sys.__stderr__ = io.TextIOWrapper(
+        io.FileIO(2, "w", closefd=False), encoding=encoding,
+        errors="backslashreplace", write_through=True)
+
+
+# ---------------------------------------------------------------------------
+## 12. Starting and stopping runs
+# ---------------------------------------------------------------------------
+
+
 def _start_run(run, gpus=None):
     """Run a claimed or new run to its end; return its exit status.
 
@@ -2825,8 +3197,7 @@ def _start_run(run, gpus=None):
         record["slurm"] = slurm
     _index_move("claims", _index_name(run.id, attrs.get("created")),
                 "running", run.id, keep=True)
-    if kind != "script":  # a script run records its process with the script's
-        _record_start(run, record)
+    _record_start(run, record)
     gpus = attrs.get("gpus") if gpus is None else gpus
     stop = None
     exit_status = 1
@@ -2867,86 +3238,22 @@ def _start_run(run, gpus=None):
     return exit_status
 
 
-# The child process of a script run: it runs the script as __main__ with
-# its argv, replacing module-level flag assignments for globals-style
-# scripts, and records the script's own exit so that a run completes even
-# if the process watching it dies.
-_SCRIPT_RUNNER = r"""
-import atexit, json, os, sys, time, types
-replace, script = json.loads(sys.argv[1]), sys.argv[2]
-exit_path = os.path.abspath(os.path.join(".guild", "exit.json"))
-with open(script, "rb") as f:
-    source = f.read()
-if replace:  # a globals-style script: its flags replace assigned values
-    import ast
-    tree = ast.parse(source, script)
-    def const(v):
-        if isinstance(v, list):
-            return ast.List(elts=[const(x) for x in v], ctx=ast.Load())
-        return ast.Constant(value=v)
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1:
-            target = node.targets[0]
-        elif isinstance(node, ast.AnnAssign) and node.value is not None:
-            target = node.target
-        else:
-            continue
-        if isinstance(target, ast.Name) and target.id in replace:
-            node.value = ast.copy_location(const(replace[target.id]),
-                                           node.value)
-    source = ast.fix_missing_locations(tree)
-code = compile(source, script, "exec")
-status = []
-def record():
-    if not status:
-        return
-    tmp = "%s.%d.tmp" % (exit_path, os.getpid())
-    try:
-        with open(tmp, "w") as f:
-            json.dump({"exit_status": status[0], "stopped":
-                       time.time_ns() // 1000, "status": "completed"
-                       if status[0] == 0 else "error"}, f)
-        os.replace(tmp, exit_path)
-    except OSError:
-        pass  # the run dir is gone; whoever watches records the exit
-atexit.register(record)
-sys.argv = sys.argv[2:]
-sys.path[0] = os.path.dirname(os.path.abspath(script))
-main = types.ModuleType("__main__")
-main.__file__ = script
-main.__builtins__ = __builtins__
-sys.modules["__main__"] = main
-try:
-    exec(code, main.__dict__)
-except SystemExit as e:
-    status.append(0 if e.code is None else
-                  e.code if isinstance(e.code, int) else 1)
-    raise
-except KeyboardInterrupt:
-    raise
-except BaseException as e:
-    status.append(1)
-    tb = e.__traceback__  # show the traceback from the script down
-    while tb is not None and tb.tb_frame.f_code.co_filename != script:
-        tb = tb.tb_next
-    if tb is not None:
-        e.__traceback__ = tb
-    sys.excepthook(type(e), e, e.__traceback__)
-    sys.exit(1)
-else:
-    status.append(0)
-"""
+def _record_start(run, record):
+    """Record the process running a run: from here it is running, or if
+    that process dies, error; never staged again."""
+    _write_json(run.guild_path(PROC_ATTRS), record)
+    _mark_started(run)
 
 
-def _script_command(attrs):
-    """The child command: python -c RUNNER REPLACE SCRIPT [ARGS...]."""
+def _script_words(attrs):
+    """The words of a script run's process (section 11) and the command
+    that the script sees: [python, SCRIPT, ARG...]."""
     op = attrs["op"]
     flags = attrs.get("flags") or {}
     script = op["script"]
     if op.get("flags_mode") == "globals":
-        return [sys.executable, "-c", _SCRIPT_RUNNER, json.dumps(flags),
-                script]
-    cmd = [sys.executable, "-c", _SCRIPT_RUNNER, "{}", script]
+        return ["run", json.dumps(flags), script], [sys.executable, script]
+    args = []
     flagdefs = op.get("flagdefs") or {}
     for name in sorted(flags):
         val = flags[name]
@@ -2955,230 +3262,44 @@ def _script_command(attrs):
         kind = fd.get("kind", "store")
         if kind == "store_true":
             if val:
-                cmd.append(arg)
+                args.append(arg)
         elif kind == "store_false":
             if not val:
-                cmd.append(arg)
+                args.append(arg)
         elif val is not None:  # --msg=-x: a value may start with '-'
-            cmd.append("%s=%s" % (arg, val if isinstance(val, str)
-                                  else encode_flag_val(val)))
-    return cmd
-
-
-def _record_start(run, record):
-    """Record the process running a run: from here it is running, or if
-    that process dies, error; never staged again."""
-    _write_json(run.guild_path(PROC_ATTRS), record)
-    _mark_started(run)
+            args.append("%s=%s" % (arg, val if isinstance(val, str)
+                                   else encode_flag_val(val)))
+    return ["run", "{}", script] + args, [sys.executable, script] + args
 
 
 def _run_script(run, attrs, gpus, record):
+    """Start the script's process, record it as the run's, and watch it
+    to its end; return its exit status."""
     env = dict(os.environ, RUN_DIR=run.dir, RUN_ID=run.id,
                GUILD_HOME=_guild_home(), PYTHONUNBUFFERED="1")
     if _Notice.handled:  # the script may checkpoint when it gets this
         env["GUILD_PREEMPT_SIGNAL"] = "USR1"
     if gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpus)
-    cmd = _script_command(attrs)
+    words, command = _script_words(attrs)
     output_path = run.guild_path(OUTPUT_FILE)
-    # Forking a process with other threads (a notebook's) is unsafe.
-    fork = FORK_SCRIPTS and threading.active_count() == 1
     # The script writes its output file itself; this process shows it.
     with open(output_path, "ab") as out:
         offset = out.tell()
-        if fork:  # the forked script waits to be let go (below)
-            proc = _fork_script(cmd, run.dir, env, out.fileno())
-        else:  # a fresh interpreter starts at once: record it first
-            _record_start(run, record)
-            proc = _spawn_script(cmd, run.dir, env, out.fileno())
-    record.update(child=_process_owner(proc.pid),
-                  command=[cmd[0]] + cmd[4:])
+        proc = _start_script_process(words, run.dir, env, out.fileno(),
+                                     _fork_possible())
+    record.update(child=_process_owner(proc.pid), command=command)
     try:
-        _record_start(run, record)
+        _write_json(run.guild_path(PROC_ATTRS), record)
     except BaseException:
-        proc.kill()
+        _signal_process_group(proc.pid, signal.SIGKILL)
         proc.wait()
         raise
-    if fork:
-        proc.let_go()
     recorder = _ScalarRecorder(run.guild_path(SCALARS_FILE))
     try:
         return _supervise(proc, output_path, offset, recorder.feed)
     finally:
         recorder.close()
-
-
-def _spawn_script(cmd, cwd, env, out_fd):
-    """Start script command cmd in a fresh interpreter, in a process group
-    of its own, writing to out_fd; return its Popen."""
-    import subprocess
-    popen_kw = {}
-    if IS_WINDOWS:  # pragma: no cover
-        popen_kw["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
-    else:
-        popen_kw["start_new_session"] = True
-    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out_fd,
-                            stderr=subprocess.STDOUT, **popen_kw)
-
-
-class _ForkedProcess:
-    """A forked child, with the part of Popen that _supervise uses; it
-    runs the script once let go, and exits if this process dies first."""
-
-    def __init__(self, pid, gate_fd):
-        self.pid = pid
-        self.returncode = None
-        self._gate_fd = gate_fd
-
-    def let_go(self):
-        """Let the child run the script."""
-        os.write(self._gate_fd, b"go")
-        self._close_gate()
-
-    def kill(self):
-        """Make the child exit without running the script (or kill it)."""
-        if self._gate_fd is None:
-            os.kill(self.pid, signal.SIGKILL)
-        else:
-            os.write(self._gate_fd, b"no")
-            self._close_gate()
-
-    def _close_gate(self):
-        if self._gate_fd is not None:
-            os.close(self._gate_fd)
-            self._gate_fd = None
-
-    def wait(self):
-        """Wait for the child to exit; return its Popen-style returncode."""
-        if self.returncode is None:
-            _, status = os.waitpid(self.pid, 0)
-            self.returncode = (-os.WTERMSIG(status) if os.WIFSIGNALED(status)
-                               else os.WEXITSTATUS(status))
-        return self.returncode
-
-
-_runner_code = []
-
-
-def _fork_script(cmd, cwd, env, out_fd):
-    """Start script command cmd in a fork of this process; the child does
-    what a fresh `python -c RUNNER ...` would, less the start-up."""
-    for stream in (sys.stdout, sys.stderr):  # or the child writes it again
-        stream.flush()
-    if not _runner_code:  # compiled once for all the scripts a queue forks
-        _runner_code.append(compile(_SCRIPT_RUNNER, "<string>", "exec"))
-    if cmd[3] != "{}":  # flags to replace: the runner's ast, imported once
-        __import__("ast")
-    runner = _runner_code[0]
-    gate_out, gate_in = os.pipe()
-    try:
-        pid = os.fork()
-    except BaseException:
-        os.close(gate_out)
-        os.close(gate_in)
-        raise
-    if pid:
-        os.close(gate_out)
-        return _ForkedProcess(pid, gate_in)
-    status = 1
-    try:  # the child never returns into guild: it ends here, whatever happens
-        os.close(gate_in)
-        word = os.read(gate_out, 2)
-        os.close(gate_out)
-        # Nothing read: guild died. If it had recorded this process as the
-        # run's, the run has started: run the script, as a script started
-        # in a fresh interpreter would. Else its claim will be restaged.
-        if word != b"go" and (word or not _recorded_as_child(cwd)):
-            os._exit(1)
-        status = _forked_script_main(cmd, cwd, env, out_fd, runner)
-    except BaseException:  # pragma: no cover - a failure before the script
-        try:
-            sys.excepthook(*sys.exc_info())
-            sys.stderr.flush()
-        except BaseException:
-            pass
-    finally:
-        os._exit(status)
-
-
-def _recorded_as_child(run_dir):
-    """True if run_dir's process record names this process as its child."""
-    proc = _read_json(os.path.join(run_dir, ".guild", PROC_ATTRS))
-    child = proc.get("child") if isinstance(proc, dict) else None
-    return isinstance(child, dict) and child.get("pid") == os.getpid()
-
-
-def _forked_script_main(cmd, cwd, env, out_fd, runner):
-    """In a forked child: become the script's process (session, directory,
-    output, environment, signals, streams), run the script with runner
-    (the compiled _SCRIPT_RUNNER) and end as an interpreter would: threads
-    joined, exit handlers run, streams flushed. Return the exit code; a
-    script ended by Ctrl-C ends by SIGINT."""
-    gc.freeze()  # guild's objects are not the script's to collect
-    if _Notice.handled:  # before setsid: from then on, USR1 is the script's
-        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
-    os.setsid()
-    os.chdir(cwd)
-    os.dup2(out_fd, 1)
-    os.dup2(out_fd, 2)
-    os.environ.clear()
-    os.environ.update(env)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    atexit._clear()
-    encoding = getattr(sys.__stdout__, "encoding", None) or "utf-8"
-    sys.stdout = sys.__stdout__ = io.TextIOWrapper(
-        io.FileIO(1, "w", closefd=False), encoding=encoding,
-        errors=getattr(sys.__stdout__, "errors", None) or "strict",
-        write_through=True)
-    sys.stderr = sys.__stderr__ = io.TextIOWrapper(
-        io.FileIO(2, "w", closefd=False), encoding=encoding,
-        errors="backslashreplace", write_through=True)
-    sys.argv = ["-c"] + cmd[3:]  # as `python -c RUNNER ...` sees them
-    status = 0
-    try:
-        exec(runner, {"__name__": "__guild_runner__",
-                      "__builtins__": builtins})
-    except SystemExit as e:
-        status = _system_exit_status(e)
-    except KeyboardInterrupt as e:  # shown as the interpreter would
-        sys.excepthook(type(e), e, e.with_traceback(
-            e.__traceback__.tb_next).__traceback__)
-        status = -signal.SIGINT
-    _end_process()
-    if status < 0:
-        signal.signal(-status, signal.SIG_DFL)
-        os.kill(os.getpid(), -status)
-    return status
-
-
-def _end_process():
-    """What an interpreter does at exit that a program can see: join the
-    threads that are not daemons, run the exit handlers, flush stdout
-    and stderr. What it does after that (tearing down every module and
-    object) only costs time, and os._exit skips it."""
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-
-
-def _system_exit_status(e):
-    """The exit code an interpreter gives for an uncaught SystemExit e."""
-    if e.code is None:
-        return 0
-    if isinstance(e.code, int):
-        return e.code & 0xFF
-    try:
-        print(e.code, file=sys.stderr)
-    except Exception:
-        pass
-    return 1
 
 
 def _supervise(proc, output_path, offset, on_output):
@@ -3342,18 +3463,8 @@ def _finish_stopped(run, deadline):
             "status": "terminated"})
 
 
-def _print_staged(run, run_dir_given):
-    desc = run.op_desc
-    if run_dir_given:
-        _echo("%s staged in '%s'" % (desc, run.dir))
-        _echo("To start the operation, use 'guild run --start %s'" % run.dir)
-    else:
-        _echo("%s staged as %s" % (desc, run.id))
-        _echo("To start the operation, use 'guild run --start %s'" % run.id)
-
-
 # ---------------------------------------------------------------------------
-## 11. Batches and trials
+## 13. Batches and trials
 # ---------------------------------------------------------------------------
 
 
@@ -3520,7 +3631,7 @@ def _log_batch_finished(statuses):
 
 
 # ---------------------------------------------------------------------------
-## 12. Optimizers: model-based search (tpe)
+## 14. Optimizers: model-based search (tpe)
 # ---------------------------------------------------------------------------
 
 # A Tree-structured Parzen Estimator. The trials so far split into the few
@@ -3872,7 +3983,7 @@ def _log_tpe_finished(trials, scalar, maximize):
 
 
 # ---------------------------------------------------------------------------
-## 13. The queue
+## 15. The queue
 # ---------------------------------------------------------------------------
 
 
@@ -3930,7 +4041,7 @@ def _release_claim(run):
         _remove(run.guild_path(PENDING_CLAIM))
 
 
-# A queue in a Slurm task works for one submission (section 14), named by
+# A queue in a Slurm task works for one submission (section 16), named by
 # GUILD_SLURM_SUBMISSION in the job script and kept in the queue's attrs
 # as "slurm". Its record is under GUILD_HOME/slurm/SUB: submit.json says
 # how, `runs` lists the runs it may start (one id a line). A pull worker
@@ -4099,13 +4210,13 @@ def _run_queue(queue_run, attrs):
 
 
 # ---------------------------------------------------------------------------
-## 14. Slurm: staged runs on a cluster
+## 16. Slurm: staged runs on a cluster
 # ---------------------------------------------------------------------------
 #
 # `guild slurm submit` puts staged runs on a Slurm cluster whose nodes
 # share the run store. Each array task's job script execs a queue
 # (run-once, ignore-running) that starts only the submission's runs
-# (section 13), claiming them as local queues do: exactly once, at the
+# (section 15), claiming them as local queues do: exactly once, at the
 # cost of a local queue per run. guild drives sbatch, squeue, scontrol and
 # scancel, never sacct (many clusters keep no accounting).
 #
@@ -4442,7 +4553,7 @@ def _slurm_submit(run_ids, opts, dry_run=False):
 
 
 # ---------------------------------------------------------------------------
-## 15. Results: compare
+## 17. Results: compare
 # ---------------------------------------------------------------------------
 
 COMPARE_BASE_COLS = ("run", "operation", "started", "time", "status",
@@ -4559,7 +4670,7 @@ def _progress(text, started):
 
 
 # ---------------------------------------------------------------------------
-## 16. The web view
+## 18. The web view
 # ---------------------------------------------------------------------------
 #
 # `guild view` serves the store read-only over HTTP: pages rendered on the
@@ -5493,7 +5604,7 @@ def _is_loopback(host):
 
 
 # ---------------------------------------------------------------------------
-## 17. Python API
+## 19. Python API
 # ---------------------------------------------------------------------------
 
 
@@ -5683,7 +5794,7 @@ def _create_run(attrs, stage, run_dir=None):
 
 
 # ---------------------------------------------------------------------------
-## 18. Command line
+## 20. Command line
 # ---------------------------------------------------------------------------
 
 
@@ -6839,7 +6950,7 @@ def main(argv=None):
 
 
 # ---------------------------------------------------------------------------
-## 19. Compatibility namespaces
+## 21. Compatibility namespaces
 # ---------------------------------------------------------------------------
 
 
@@ -6863,9 +6974,18 @@ lock = _namespace(
 run = _namespace(
     "run", "Runs (Guild AI's guild.run).",
     Run=Run, mkid=mkid, run_status=run_status)
+_THIS_MODULE = sys.modules[__name__]
+
+
+def _register_module(name):
+    """Make `import NAME` and `import NAME.batch_util` (and the other
+    namespaces) give this module: run as a program, it is __main__."""
+    sys.modules[name] = _THIS_MODULE
+    for ns in (batch_util, op_util, lock, run):
+        sys.modules[name + "." + ns.__name__.rpartition(".")[2]] = ns
 
 # ---------------------------------------------------------------------------
-## 20. Script entry
+## 22. Script entry
 # ---------------------------------------------------------------------------
 
 # MIT License
@@ -6881,8 +7001,10 @@ run = _namespace(
 # Software. THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND.
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == [SCRIPT_PROCESS_ARG]:  # a fresh script's process
+        sys.exit(_script_process_main(sys.argv[2:]))
     # Register this module as `guild` so later imports share one copy.
-    sys.modules.setdefault("guild", sys.modules[__name__])
+    _register_module("guild")
     code = main()
     if hasattr(atexit, "_run_exitfuncs"):  # CPython: skip the teardown
         _end_process()

@@ -1139,35 +1139,31 @@ class RunTest(GuildTestCase):
                     with open(run.guild_path("output")) as f:
                         self.assertEqual(f.read(), out)
 
-    @unittest.skipUnless(guild.FORK_SCRIPTS, "scripts start by fork")
-    def test_forked_script_runs_only_once_recorded(self):
-        # guild records the script's process before it lets it run. If
-        # guild fails first, the script exits without running; if guild
-        # dies, the script runs only if guild had recorded it.
-        write(path(self.project, "touch.py"), "open('touched', 'w').close()")
-        os.makedirs(path(self.project, ".guild"))
-        cmd = [sys.executable, "-c", guild._SCRIPT_RUNNER, "{}", "touch.py"]
-        cases = [("fails", False, 1, False), ("dies", False, 1, False),
-                 ("dies", True, 0, True), ("lets go", False, 0, True)]
-        with open(path(self.project, "out"), "ab") as out:
-            for guild_does, recorded, code, touched in cases:
-                with self.subTest(guild=guild_does, recorded=recorded):
-                    proc = guild._fork_script(cmd, self.project,
-                                              dict(os.environ), out.fileno())
-                    if recorded:
-                        guild._write_json(
-                            path(self.project, ".guild", "proc.json"),
-                            {"child": guild._process_owner(proc.pid)})
-                    if guild_does == "fails":
-                        proc.kill()
-                    elif guild_does == "dies":
-                        proc._close_gate()  # as the gate's end closes
-                    else:
-                        proc.let_go()
-                    self.assertEqual(proc.wait(), code)
-                    self.assertEqual(os.path.exists(
-                        path(self.project, "touched")), touched)
-                    guild._remove(path(self.project, "touched"))
+    def test_script_imports_its_own_modules_and_guild(self):
+        # A json.py beside the script is the script's json, as under plain
+        # python, and breaks neither guild's runner nor its argparse probe;
+        # `import guild` gets guild.py, its namespaces included. Also with
+        # guild.py copied into the project, beside that json.py.
+        write(path(self.project, "json.py"), "WHOSE = 'mine'\n")
+        write(path(self.project, "uses.py"), (
+            "import argparse, json, sys\n"
+            "import guild, guild.batch_util\n"
+            "from guild import op_util\n"
+            "p = argparse.ArgumentParser()\n"
+            "p.add_argument('--n', type=int, default=1)\n"
+            "args = p.parse_args()\n"
+            "print(json.WHOSE, args.n, guild.batch_util.init_trial_run"
+            " is guild.init_trial_run, op_util.set_run_pending"
+            " is guild.set_run_pending)\n"))
+        shutil.copy(GUILD_PY, path(self.project, "copied.py"))
+        for env in ({}, {"GUILD_NO_FORK": "1"}):
+            for guild_py in (GUILD_PY, path(self.project, "copied.py")):
+                with self.subTest(env=env, guild_py=guild_py):
+                    home = mkdtemp()  # a new store: the probe runs again
+                    code, out = guild_cmd(
+                        ["run", "uses.py", "n=3", "-y"], cwd=self.project,
+                        guild_home=home, env=env, guild_py=guild_py)
+                    self.assertEqual((code, out), (0, "mine 3 True True\n"))
 
     @unittest.skipIf(IS_WINDOWS, "POSIX signals")
     def test_sigterm_or_ctrl_c_leaves_run_terminated(self):
