@@ -3049,7 +3049,7 @@ def _start_script_process(words, cwd, env, out_fd, fork):
         return _fork_script_process(words, cwd, env, out_fd)
     import subprocess
     cmd = ([sys.executable] + subprocess._args_from_interpreter_flags()
-           + [_THIS_FILE, SCRIPT_PROCESS_ARG] + list(words))
+           + [_this_file_compiled(), SCRIPT_PROCESS_ARG] + list(words))
     popen_kw = {}
     if IS_WINDOWS:  # pragma: no cover
         popen_kw["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
@@ -3061,6 +3061,35 @@ def _start_script_process(words, cwd, env, out_fd, fork):
     else:
         popen_kw.update(stdout=out_fd, stderr=subprocess.STDOUT)
     return subprocess.Popen(cmd, cwd=cwd, env=env, **popen_kw)
+
+
+def _this_file_compiled():
+    """This file's bytecode, for a fresh interpreter to run: Python
+    compiles a file it is given to run on every start, and compiling
+    guild.py costs about as much as the interpreter's start-up. Kept in
+    GUILD_HOME/cache/code, named by this file's path and Python's version;
+    this file itself where it cannot be written."""
+    import importlib.util
+    pyc = os.path.join(_guild_home(), "cache", "code", "%08x-%s" % (
+        zlib.crc32(_THIS_FILE.encode("utf-8", "replace")),
+        os.path.basename(importlib.util.cache_from_source(_THIS_FILE))))
+    try:
+        source = os.stat(_THIS_FILE)
+        with open(pyc, "rb") as f:
+            header = f.read(16)
+        if header == importlib.util.MAGIC_NUMBER + b"".join(
+                (x & 0xFFFFFFFF).to_bytes(4, "little") for x in (
+                    0, int(source.st_mtime), source.st_size)):
+            return pyc  # compiled from this very source
+    except OSError:
+        pass
+    import py_compile
+    try:
+        return py_compile.compile(
+            _THIS_FILE, cfile=pyc, doraise=True,
+            invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)
+    except (OSError, py_compile.PyCompileError):
+        return _THIS_FILE
 
 
 class _ForkedProcess:
