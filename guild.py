@@ -7013,6 +7013,7 @@ def _register_module(name):
     for ns in (batch_util, op_util, lock, run):
         sys.modules[name + "." + ns.__name__.rpartition(".")[2]] = ns
 
+
 # ---------------------------------------------------------------------------
 ## 22. Script entry
 # ---------------------------------------------------------------------------
