@@ -3157,6 +3157,8 @@ def _reset_process_state():
     _last_beat.clear()
     _lock_state_guard = threading.Lock()
     _lock_states.clear()  # record locks are not inherited by a fork
+    _Notice.handled, _Notice.at = False, None
+    _Notice.script_pid = _Notice.delivered = None
     if "logging" not in _INTERPRETER_MODULES:
         for name in list(sys.modules):
             if name == "logging" or name.startswith("logging."):
