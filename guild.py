@@ -113,6 +113,7 @@ import io
 import itertools
 import json
 import math
+import operator
 import os
 import random
 import re
@@ -1908,19 +1909,32 @@ def _event_key(rel_path, tag):
 
 def _printed_scalars(run_dir):
     """The scalar records of what a run printed, in order."""
-    records = []
+    return list(map(tuple, _printed_scalar_rows(run_dir)))
+
+
+def _printed_scalar_rows(run_dir):
+    """What a run printed as scalar records: [[key, value, step, time]]."""
     try:
         with open(os.path.join(run_dir, ".guild", SCALARS_FILE),
                   encoding="utf-8") as f:
-            for line in f:
-                try:
-                    key, val, step, ts = json.loads(line)
-                except ValueError:
-                    continue  # a line cut short by a crash
-                records.append((key, val, step, ts))
+            text = f.read()
     except FileNotFoundError:
+        return []
+    try:  # one parse for the file: ten times faster than one a line
+        rows = json.loads("[%s]" % text.strip("\n").replace("\n", ","))
+        if set(map(len, rows)) <= {4}:
+            return rows
+    except (ValueError, TypeError):
         pass
-    return records
+    rows = []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a crash
+        if isinstance(row, list) and len(row) == 4:
+            rows.append(row)
+    return rows
 
 
 def read_scalars(run_dir):
@@ -2338,16 +2352,32 @@ def _run_summary(run_id, run_dir, mtime, now):
     }
 
 
+# The listing cache as last parsed in this process, with the stat that
+# says it is unchanged: a long-lived process (the view, a notebook) lists
+# again without parsing it again.
+_parsed_summary_cache = {}
+
+
 def _load_summary_cache(cache_path):
+    try:
+        st = os.stat(cache_path)
+    except OSError:
+        return {}
+    signature = (st.st_mtime_ns, st.st_size, st.st_ino)
+    parsed = _parsed_summary_cache.get(cache_path)
+    if parsed is not None and parsed[0] == signature:
+        return dict(parsed[1])
     cached = _read_json(cache_path)
     if not isinstance(cached, dict) or cached.get(
             "version") != _SUMMARY_CACHE_VERSION:
         return {}
     try:
-        return {row[0]: dict(zip(_SUMMARY_FIELDS, row))
-                for row in cached["rows"]}
+        entries = {row[0]: dict(zip(_SUMMARY_FIELDS, row))
+                   for row in cached["rows"]}
     except (KeyError, TypeError, IndexError):
         return {}
+    _parsed_summary_cache[cache_path] = (signature, entries)
+    return dict(entries)
 
 
 def run_summaries(runs_dir=None):
@@ -4713,6 +4743,7 @@ VIEW_PAGE_ROWS = 100  # runs on one page of the listing
 VIEW_OUTPUT_TAIL = 64 * 1024  # bytes of output a run page starts with
 VIEW_OUTPUT_CHUNK = 1 << 20  # most bytes of output one poll returns
 VIEW_MAX_FILES = 1000  # files listed on a run page
+VIEW_SCALARS_KEPT = 64  # runs whose parsed scalars a view keeps
 VIEW_POLL_MS = 2000
 VIEW_PLOT_SIZE = (560, 240)
 _VIEW_MARGIN = (64, 12, 12, 34)  # left, right, top, bottom
@@ -4815,6 +4846,30 @@ class _View:
         self.where = where or RunFilter()
         self.only = only
         self.loopback = loopback
+        self._scalars = {}  # run dir: (file stat, records), newest last
+        self._scalars_lock = threading.Lock()
+
+    def scalars(self, run_dir):
+        """read_scalars(run_dir), read again only when its files changed:
+        a page that polls a run costs a stat of each."""
+        signature = []
+        for rel in [os.path.join(".guild", SCALARS_FILE)] + _event_files(
+                run_dir):
+            try:
+                st = os.stat(os.path.join(run_dir, rel))
+                signature.append((rel, st.st_mtime_ns, st.st_size,
+                                  st.st_ino))
+            except OSError:
+                pass
+        with self._scalars_lock:
+            known = self._scalars.pop(run_dir, None)
+        if known is None or known[0] != signature:
+            known = (signature, read_scalars(run_dir))
+        with self._scalars_lock:
+            self._scalars[run_dir] = known
+            while len(self._scalars) > VIEW_SCALARS_KEPT:
+                del self._scalars[next(iter(self._scalars))]
+        return known[1]
 
 
 def _esc(text):
@@ -4935,15 +4990,16 @@ def _view_listing(view, params):
     and /api/runs: page filters, then sort, then offset and limit."""
     where = _page_filter(params)
     summaries = [x for x in _view_summaries(view) if where.matches(x)]
-    rows = compare_rows(summaries)[1]
-    sort = _param(params, "sort")
-    if sort:
-        by_row = {id(row): x for x, row in zip(summaries, rows)}
-        rows = _sort_rows(rows, sort, _param(params, "desc") == "1")
-        summaries = [by_row[id(row)] for row in rows]
     offset = _int_param(params, "offset", 0)
     limit = _int_param(params, "limit", VIEW_PAGE_ROWS)
-    return (list(zip(summaries, rows))[offset:offset + limit],
+    sort = _param(params, "sort")
+    if not sort:  # rows only for the page: a row needs only its run
+        page = summaries[offset:offset + limit]
+        return list(zip(page, compare_rows(page)[1])), len(summaries)
+    rows = compare_rows(summaries)[1]
+    by_row = {id(row): x for x, row in zip(summaries, rows)}
+    rows = _sort_rows(rows, sort, _param(params, "desc") == "1")
+    return ([(by_row[id(row)], row) for row in rows[offset:offset + limit]],
             len(summaries))
 
 
@@ -5066,11 +5122,15 @@ def _run_files(run_dir, source_files):
     return files
 
 
-def _scalar_series(run_dir):
-    """{key: [(step, value)]} of a run's scalars, in order."""
-    series = {}
-    for key, val, step, _ts in read_scalars(run_dir):
-        series.setdefault(key, []).append((step, val))
+def _scalar_series(records):
+    """{key: [(step, value)]} of scalar records, in order."""
+    keys = {r[0] for r in records}
+    if len(keys) <= 4:  # a comprehension a key beats one loop for all
+        return {key: [(r[2], r[1]) for r in records if r[0] == key]
+                for key in keys}
+    series = {key: [] for key in keys}
+    for key, val, step, _ts in records:
+        series[key].append((step, val))
     return series
 
 
@@ -5108,7 +5168,7 @@ def _run_page(view, ref, params):
     flags = "".join("<tr><th>%s</th><td>%s</td></tr>" % (
         _esc(n), _esc(encode_flag_val(v))) for n, v in sorted(
             run.flags.items()))
-    series = _scalar_series(run.dir)
+    series = _scalar_series(view.scalars(run.dir))
     stats = _run_scalar_stats(run.dir)[0]
     scalars = "".join(
         "<tr><th>%s</th>%s<td class=\"num\">%s</td><td class=\"num\">%d"
@@ -5177,29 +5237,44 @@ def _nice_ticks(low, high, count=5):
     return ticks
 
 
-def _thin(points, to_px):
-    """points with at most two per pixel column, its lowest and highest
-    in their order, so a curve of 10,000 steps keeps its shape."""
-    if len(points) <= 4 * VIEW_PLOT_SIZE[0]:
+def _thin(points):
+    """points cut into as many runs as the plot is pixels wide, keeping
+    each run's lowest and highest in their order: a curve of 10,000
+    steps keeps its shape in a tenth of the points."""
+    width = VIEW_PLOT_SIZE[0]
+    if len(points) <= 2 * width:
         return points
-    kept, column, low, high = [], None, 0, 0
-    for i, (x, y) in enumerate(points):
-        px = int(to_px(x))
-        if px != column:
-            if column is not None:
-                kept += [points[j] for j in sorted({low, high})]
-            column, low, high = px, i, i
-        elif y < points[low][1]:
-            low = i
-        elif y > points[high][1]:
-            high = i
-    kept += [points[j] for j in sorted({low, high})]
+    size = -(-len(points) // width)
+    ys = [p[1] for p in points]
+    kept = []
+    for start in range(0, len(points), size):
+        chunk = ys[start:start + size]
+        low, high = chunk.index(min(chunk)), chunk.index(max(chunk))
+        kept += [points[start + i] for i in sorted({low, high})]
     return kept
 
 
 def _finite(val):
     return (isinstance(val, (int, float)) and not isinstance(val, bool)
             and val == val and val not in (float("inf"), float("-inf")))
+
+
+def _drawable(points, log_x, log_y):
+    """The points a chart can place, in axis units: finite numbers, and
+    above zero on a log axis."""
+    try:  # finite sums: all finite (the usual case), with no filter
+        clean = math.isfinite(math.fsum(map(operator.itemgetter(0), points))
+                              + math.fsum(map(operator.itemgetter(1),
+                                              points)))
+    except (TypeError, OverflowError):  # a run without the value: None
+        clean = False
+    kept = points if clean else [(x, y) for x, y in points
+                                 if _finite(x) and _finite(y)]
+    if log_x:
+        kept = [(math.log10(x), y) for x, y in kept if x > 0]
+    if log_y:
+        kept = [(x, math.log10(y)) for x, y in kept if y > 0]
+    return kept
 
 
 def _tick_text(val, log):
@@ -5214,23 +5289,19 @@ def _svg_chart(series, log_x=False, log_y=False, scatter=False,
     show (nan, infinities, values <= 0 on a log axis) is left out."""
     width, height = VIEW_PLOT_SIZE
     left, right, top, bottom = _VIEW_MARGIN
-    drawn = []
-    for s in series:
-        points = [(math.log10(x) if log_x else x, math.log10(y) if log_y
-                   else y) for x, y in s["points"]
-                  if _finite(x) and _finite(y) and (x > 0 or not log_x)
-                  and (y > 0 or not log_y)]
-        drawn.append((s, points))
+    drawn = [(s, _drawable(s["points"], log_x, log_y)) for s in series]
     head = ("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" "
             "height=\"%d\" viewBox=\"0 0 %d %d\" role=\"img\">" % (
                 width, height, width, height))
-    xs = [x for _, points in drawn for x, _ in points]
-    ys = [y for _, points in drawn for _, y in points]
-    if not xs:
+    drawn_points = [points for _, points in drawn if points]
+    if not drawn_points:
         return head + ("<text x=\"%d\" y=\"%d\">no values to plot</text>"
                        "</svg>" % (left, height // 2))
-    x0, x1 = min(xs), max(xs)
-    y0, y1 = min(ys), max(ys)
+    x_of, y_of = operator.itemgetter(0), operator.itemgetter(1)
+    x0 = min(min(map(x_of, points)) for points in drawn_points)
+    x1 = max(max(map(x_of, points)) for points in drawn_points)
+    y0 = min(min(map(y_of, points)) for points in drawn_points)
+    y1 = max(max(map(y_of, points)) for points in drawn_points)
     pad_x = 0.5 if x_labels or x0 == x1 else (x1 - x0) * 0.03
     pad_y = (y1 - y0) * 0.05 or abs(y0) * 0.1 or 1.0
     x0, x1, y0, y1 = x0 - pad_x, x1 + pad_x, y0 - pad_y, y1 + pad_y
@@ -5264,7 +5335,7 @@ def _svg_chart(series, log_x=False, log_y=False, scatter=False,
                       "</circle>" % (s["run"], px(x), py(y), s["color"],
                                      _esc(s["name"])) for x, y in points]
             continue
-        shown = _thin(points, px)
+        shown = _thin(points)
         parts.append(
             "<polyline class=\"series\" data-run=\"%s\" data-count=\"%d\" "
             "fill=\"none\" stroke=\"%s\" stroke-width=\"1.5\" points=\"%s\">"
@@ -5328,7 +5399,7 @@ def _flag_scatter(summaries, colors, flag, key):
     return _svg_chart(series, log_x=log_x, scatter=True, x_labels=x_labels)
 
 
-def _plot_runs(summaries, runs_dir):
+def _plot_runs(view, summaries):
     """What _plots_html takes, for summaries: names give the id and the
     flags that differ between the runs; a color per run."""
     differ = _differing_flags(summaries)
@@ -5336,7 +5407,8 @@ def _plot_runs(summaries, runs_dir):
              "name": " ".join([x["id"][:SHORT_ID_LEN]] + [
                  "%s=%s" % (n, encode_flag_val(x["flags"][n]))
                  for n in differ if n in x["flags"]]),
-             "series": _scalar_series(os.path.join(runs_dir, x["id"]))}
+             "series": _scalar_series(view.scalars(os.path.join(
+                 view.runs_dir, x["id"])))}
             for i, x in enumerate(summaries)]
 
 
@@ -5352,7 +5424,7 @@ def _compare_page(view, params):
             for x, r in zip(selected, rows)))
     runs_param = ",".join(x["id"][:SHORT_ID_LEN] for x in selected)
     log_y = _param(params, "log") == "1"
-    plot_runs = _plot_runs(selected, view.runs_dir)
+    plot_runs = _plot_runs(view, selected)
     scalar_keys = sorted({k for x in selected for k in x["scalars"]})
     key = _param(params, "scalar") or ("loss" if "loss" in scalar_keys else
                                        (scalar_keys or [""])[0])
@@ -5493,7 +5565,7 @@ def _scalars_json(view, params):
     runs = {}
     for x in _view_selected(view, params):
         series = runs[x["id"]] = {}
-        for key, val, step, ts in read_scalars(os.path.join(
+        for key, val, step, ts in view.scalars(os.path.join(
                 view.runs_dir, x["id"])):
             series.setdefault(key, []).append([step, val, ts])
     return {"runs": runs}

@@ -5,9 +5,11 @@ median time and the ratio its target names, measured in this one run (the
 machine is shared and noisy: compare ratios, not absolute times).
 
     python3 samples/bench/bench.py            # all workloads
-    python3 samples/bench/bench.py --quick    # fewer repeats, W3 at 200 not 1,000
+    python3 samples/bench/bench.py --quick    # fewer repeats, W3 at 200 not 1,000,
+                                              # V3 at 180 polls not 1,800
 """
 
+import gc
 import glob
 import json
 import os
@@ -17,7 +19,9 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -223,6 +227,106 @@ def e1(tmp, repeats):
     return _median(first), _median(later)
 
 
+def _serve(home):
+    """A view server of home's runs in a thread; (url, server)."""
+    server = guild._view_server(guild._View(os.path.join(home, "runs")),
+                                "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return "http://127.0.0.1:%d" % server.server_address[1], server
+
+
+def _get(url):
+    start = time.perf_counter()
+    with urllib.request.urlopen(url) as r:
+        r.read()
+    return time.perf_counter() - start
+
+
+def v1(home, repeats):
+    """The runs page (its first 100 rows) and /api/runs over the store
+    that W2 made: the first request, then medians."""
+    url, server = _serve(home)
+    try:
+        first = _get(url + "/")
+        page = _median([_get(url + "/") for _ in range(repeats)])
+        api = _median([_get(url + "/api/runs") for _ in range(repeats)])
+    finally:
+        server.shutdown()
+        server.server_close()
+    return first, page, api
+
+
+def _write_curves(runs_dir, runs, points):
+    """runs runs of curve.py, each with points loss values."""
+    ids = []
+    for i in range(runs):
+        run = guild._init_run(os.path.join(runs_dir, guild.mkid()), {
+            "op": {"kind": "script", "name": "curve.py"},
+            "flags": {"lr": 0.01 * (i + 1)}, "label": ""}, staged=True)
+        with open(run.guild_path("scalars"), "w") as f:
+            f.writelines(json.dumps(["loss", 1.0 / (step + 1) + i * 0.01,
+                                     step, step]) + "\n"
+                         for step in range(points))
+        ids.append(run.id)
+    return ids
+
+
+def v2(tmp, repeats):
+    """/compare of 10 runs x 10,000 points (a plot of their curves, the
+    table and the flag scatter), each time from a new server, so that
+    the scalars are read and parsed every time (a page polled again
+    parses only a file that changed)."""
+    home = os.path.join(tmp, "v2-home")
+    ids = _write_curves(os.path.join(home, "runs"), 10, 10000)
+    time.sleep(2.1)  # past the racy-mtime window (see w2), then listed
+    guild.run_summaries(os.path.join(home, "runs"))
+    target = "/compare?runs=" + ",".join(ids)
+    times = []
+    for _ in range(repeats):
+        url, server = _serve(home)
+        try:
+            times.append(_get(url + target))
+        finally:
+            server.shutdown()
+            server.server_close()
+    return _median(times)
+
+
+def _rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def v3(tmp, polls):
+    """A run page and the runs page polled `polls` times (an hour is
+    1,800 polls at the page's 2 s) while the run prints a step's output
+    and scalars before each poll: the server's memory (RSS) after a
+    tenth of the polls, and at the end."""
+    home = os.path.join(tmp, "v3-home")
+    run_id = _write_curves(os.path.join(home, "runs"), 10, 100)[0]
+    gdir = os.path.join(home, "runs", run_id, ".guild")
+    url, server = _serve(home)
+    try:
+        start = None
+        for i in range(polls):
+            with open(os.path.join(gdir, "scalars"), "a") as f:
+                f.write(json.dumps(["loss", 1.0 / (i + 2), 100 + i, i])
+                        + "\n")
+            with open(os.path.join(gdir, "output"), "a") as f:
+                f.write("step: %d\nloss: %f\n" % (100 + i, 1.0 / (i + 2)))
+            _get(url + "/")
+            _get(url + "/runs/" + run_id)
+            _get(url + "/api/runs/%s/output?offset=-100" % run_id)
+            if i == polls // 10:
+                gc.collect()
+                start = _rss()
+        gc.collect()
+        return start, _rss()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def main(argv):
     quick = "--quick" in argv
     repeats = 3 if quick else 7
@@ -258,6 +362,13 @@ def main(argv):
                 m_first <= t_first and m_every <= t_all)
             row("   (cold cache / python startup)", "%.3fs / %.3fs"
                 % (cold, startup), "", True)
+            if n == 10000:
+                first, page, api = v1(os.path.join(tmp, "w2-%d" % n),
+                                      repeats)
+                row("V1 view runs page, %d runs" % n, "%.3fs (first %.3fs)"
+                    % (page, first), "<= 0.3s", page <= 0.3)
+                row("   /api/runs, %d runs" % n, "%.3fs" % api, "<= 0.3s",
+                    api <= 0.3)
         small = w3(tmp, 50)
         bare_trivial = _median([_run([PY, "-c", TRIVIAL])
                                 for _ in range(repeats)])
@@ -278,6 +389,14 @@ def main(argv):
         row("   same, trials only", "%.2fs vs %.2fs = %.2fx"
             % (four_trials, one_trials, one_trials / four_trials),
             ">= 1.8x", one_trials / four_trials >= 1.8)
+        plot = v2(tmp, repeats)
+        row("V2 view plot, 10 runs x 10,000", "%.3fs" % plot, "<= 0.3s",
+            plot <= 0.3)
+        polls = 180 if quick else 1800
+        before, after = v3(tmp, polls)
+        row("V3 view memory, %d polls" % polls, "%.1f MB -> %.1f MB" % (
+            before / 1e6, after / 1e6), "growth <= 2 MB",
+            after - before <= 2e6)
         staged = stage50(tmp, repeats)
         row("stage 50 trials", "%.3fs" % staged, "<= 0.3s", staged <= 0.3)
         first, later = e1(tmp, repeats)
