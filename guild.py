@@ -1381,6 +1381,30 @@ def _tfrecord(payload):
             + struct.pack("<I", _masked_crc32c(payload)))
 
 
+def _scalar_event(tag, value, step, wall_time):
+    """An Event payload of one `simple_value` scalar, laid out as
+    TensorBoard's writers lay it out (wall_time, step, summary)."""
+    if value == value and abs(value) > 3.4e38:  # past float32: infinite
+        value = math.copysign(float("inf"), value)
+    summary_value = (_proto_field(1, tag.encode("utf-8"))
+                     + _proto_field(2, (5, struct.pack("<f", value))))
+    return (_proto_field(1, float(wall_time)) + _proto_field(2, int(step))
+            + _proto_field(5, _proto_field(1, summary_value)))
+
+
+def _event_file_header(wall_time):
+    """The record an event file starts with: its format version."""
+    return _tfrecord(_proto_field(1, float(wall_time))
+                     + _proto_field(3, b"brain.Event:2"))
+
+
+def _event_records(records):
+    """TFRecords of scalar records (tag, value, step, time in
+    microseconds), one Event each."""
+    return b"".join(_tfrecord(_scalar_event(tag, value, step, ts / 1e6))
+                    for tag, value, step, ts in records)
+
+
 # TensorProto dtypes a scalar can have, and how one element is stored.
 _TENSOR_FLOATS = {1: ("<f", 5), 2: ("<d", 6), 19: ("<e", 13)}
 
@@ -5706,6 +5730,78 @@ def _is_loopback(host):
     return host in _LOOPBACK_HOSTS or host.startswith("127.")
 
 
+# TensorBoard --------------------------------------------------------------
+#
+# `guild tensorboard` gives TensorBoard a log dir of its own holding, for
+# each run, links to the event files the run wrote and an event file of
+# what it printed, kept up to date while TensorBoard runs.
+
+TENSORBOARD_RELOAD_SECONDS = 5
+_PRINTED_EVENTS = "events.out.tfevents.0.guild-printed"
+
+
+def _tensorboard_command():
+    """How to start TensorBoard: the `tensorboard` program, or this
+    Python's tensorboard package."""
+    program = shutil.which("tensorboard")
+    if program:
+        return [program]
+    import importlib.util
+    if importlib.util.find_spec("tensorboard") is not None:
+        return [sys.executable, "-m", "tensorboard.main"]
+    raise ViewError("tensorboard is not installed: pip install tensorboard")
+
+
+class _TensorBoardLogdir:
+    """A log dir mirroring runs for TensorBoard; sync() brings it up to
+    date. Each run is a directory named by its id, operation and label."""
+
+    def __init__(self, path, runs):
+        self.path = path
+        self.runs = [(run, os.path.join(path, re.sub(
+            r"[^\w.=+,@ -]", "_", "%s %s %s" % (
+                run.short_id, run.op_desc, run.get("label") or "")
+        ).strip()[:120])) for run in runs]
+        self._printed = {}  # run id: printed records written so far
+        self._copied = {}  # event file copied (no symlinks): its size
+
+    def sync(self):
+        for run, top in self.runs:
+            for rel in _event_files(run.dir):
+                self._mirror(os.path.join(run.dir, rel),
+                             os.path.join(top, *rel.split("/")))
+            records = _printed_scalars(run.dir)
+            done = self._printed.get(run.id, 0)
+            if len(records) > done:
+                os.makedirs(top, exist_ok=True)
+                with open(os.path.join(top, _PRINTED_EVENTS), "ab") as f:
+                    if not done:
+                        f.write(_event_file_header(records[0][3] / 1e6))
+                    f.write(_event_records(records[done:]))
+                self._printed[run.id] = len(records)
+
+    def _mirror(self, src, dest):
+        """Link dest to src, or (where links are not allowed) copy src
+        again each time it grows."""
+        if dest not in self._copied and os.path.lexists(dest):
+            return
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        if dest not in self._copied:
+            try:
+                os.symlink(src, dest)
+                return
+            except OSError:
+                self._copied[dest] = -1
+        try:
+            size = os.path.getsize(src)
+            if size != self._copied[dest]:
+                shutil.copyfile(src, dest + ".tmp")
+                os.replace(dest + ".tmp", dest)
+                self._copied[dest] = size
+        except OSError:
+            pass  # gone, or being written: next time
+
+
 # ---------------------------------------------------------------------------
 ## 19. Python API
 # ---------------------------------------------------------------------------
@@ -6630,19 +6726,37 @@ def _cmd_cat(args):
     return 0
 
 
+def _add_server_args(g, what):
+    """--host, --port, --no-open in group g (made with conflict_handler
+    "resolve": -h is --host, as in Guild AI)."""
+    g.add_argument("-h", "--host", metavar="HOST",
+                   help="interface %s listens on (default 127.0.0.1)" % what)
+    g.add_argument("-p", "--port", type=int, metavar="PORT",
+                   help="port to listen on (default: a free one)")
+    g.add_argument("-n", "--no-open", action="store_true",
+                   help="do not open a browser")
+
+
+def _open_browser(url, no_open):
+    """Open url in a browser, unless no_open or on a Linux machine with
+    no display (a cluster login node), where a console browser would
+    take over the terminal."""
+    if no_open or (sys.platform.startswith("linux") and not (
+            os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))):
+        return
+    import webbrowser
+    threading.Thread(target=webbrowser.open, args=(url,),
+                     daemon=True).start()
+
+
 def _build_view_parser(p):
     p.description = ("Serve a web page of runs, comparisons and scalar plots "
                      "(on 127.0.0.1 unless --host). Read-only.")
     p.add_argument("runs", nargs="*", metavar="RUN",
                    help="runs to show (default: all that the filters pass)")
-    # -h is --host, as in Guild AI: this group may take -h from --help.
-    g = p.add_argument_group("server", conflict_handler="resolve")
-    g.add_argument("-h", "--host", metavar="HOST",
-                   help="interface to listen on (default 127.0.0.1)")
-    g.add_argument("-p", "--port", type=int, metavar="PORT",
-                   help="port to listen on (default: a free one)")
-    g.add_argument("-n", "--no-open", action="store_true",
-                   help="do not open a browser")
+    _add_server_args(p.add_argument_group("server",
+                                          conflict_handler="resolve"),
+                     "the view")
     _add_filter_args(p)
 
 
@@ -6661,10 +6775,7 @@ def _cmd_view(args):
         log.warning("serving on %s: anyone who can reach this machine can "
                     "read these runs and their files", host)
     print("Guild View at %s (Ctrl-C to stop)" % url, flush=True)
-    if not args.no_open and _can_open_browser():
-        import webbrowser
-        threading.Thread(target=webbrowser.open, args=(url,),
-                         daemon=True).start()
+    _open_browser(url, args.no_open)
     try:
         server.serve_forever(poll_interval=0.5)
     except KeyboardInterrupt:
@@ -6674,11 +6785,70 @@ def _cmd_view(args):
     return 0
 
 
-def _can_open_browser():
-    """False on a Linux machine with no display (a cluster login node),
-    where a console browser would take over the terminal."""
-    return not sys.platform.startswith("linux") or bool(
-        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+def _build_tensorboard_parser(p):
+    p.description = ("Show runs in TensorBoard (pip install tensorboard): "
+                     "the event files they wrote and the scalars they "
+                     "printed, followed while TensorBoard runs.")
+    p.add_argument("runs", nargs="*", metavar="RUN",
+                   help="runs to show (default: all that the filters pass)")
+    g = p.add_argument_group("server", conflict_handler="resolve")
+    _add_server_args(g, "TensorBoard")
+    g.add_argument("--reload-interval", type=float, metavar="SECONDS",
+                   default=TENSORBOARD_RELOAD_SECONDS,
+                   help="seconds between updates of the runs' scalars "
+                   "(default %d)" % TENSORBOARD_RELOAD_SECONDS)
+    p.add_argument("--include-batch", action="store_true",
+                   help="show batch runs too")
+    _add_filter_args(p)
+
+
+@_command("tensorboard", "show runs in TensorBoard",
+          _build_tensorboard_parser)
+def _cmd_tensorboard(args):
+    import subprocess
+    import tempfile
+    command = _tensorboard_command()
+    summaries, selected = _select_or_all(args)
+    batches = {x["id"] for x in summaries if x["kind"] == "batch"}
+    if not args.include_batch:
+        selected = [run for run in selected if run.id not in batches]
+    host = args.host or "127.0.0.1"
+    port = args.port or _free_port(host)
+    logdir = tempfile.mkdtemp(prefix="guild-tensorboard-")
+    try:
+        mirror = _TensorBoardLogdir(logdir, selected)
+        mirror.sync()
+        proc = subprocess.Popen(command + ["--logdir", logdir, "--host",
+                                           host, "--port", str(port)])
+        url = "http://%s:%d/" % ("[%s]" % host if ":" in host else host,
+                                 port)
+        print("TensorBoard at %s with %d run(s) (Ctrl-C to stop)"
+              % (url, len(selected)), flush=True)
+        _open_browser(url, args.no_open)
+        try:
+            while proc.poll() is None:
+                try:
+                    proc.wait(timeout=args.reload_interval)
+                except subprocess.TimeoutExpired:
+                    mirror.sync()
+        except KeyboardInterrupt:
+            proc.terminate()
+            proc.wait()
+            return 0
+        if proc.returncode:
+            raise ViewError("tensorboard exited with status %d"
+                            % proc.returncode)
+        return 0
+    finally:
+        shutil.rmtree(logdir, ignore_errors=True)
+
+
+def _free_port(host):
+    import socket
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def _build_slurm_parser(p):

@@ -688,6 +688,60 @@ class EventFileTest(GuildTestCase):
             ("long/" + "x" * 200, 1.0, 1), ("after", 2.0, 2)])
 
 
+
+def tensorboard_python():
+    """A Python that can import tensorboard: this one, or the one the
+    `tensorboard` program on PATH runs with; None if neither."""
+    import importlib.util
+    if importlib.util.find_spec("tensorboard") is not None:
+        return sys.executable
+    program = shutil.which("tensorboard")
+    if program:
+        with open(program, "rb") as f:
+            first = f.readline().decode("utf-8", "replace")
+        if first.startswith("#!") and os.path.exists(first[2:].strip()):
+            return first[2:].strip()
+    return None
+
+
+class EventWriterTest(GuildTestCase):
+    records = [("loss", 0.5, 0, 1795000000000000),
+               ("acc", 0.25, 1, 1795000000500000),
+               ("loss", -3.0, 123456789012, 1795000001000000),
+               ("big", float("inf"), 2, 1795000002000000)]
+
+    def write_events(self):
+        target = path(self.project, "events.out.tfevents.1.guild")
+        with open(target, "wb") as f:
+            f.write(guild._event_file_header(1795000000.0))
+            f.write(guild._event_records(self.records[:3]))
+            f.write(guild._event_records([("big", 1e300, 2,
+                                           1795000002000000)]))
+        return target
+
+    def test_guild_reads_back_what_it_writes(self):
+        records, offset, damaged = guild._read_event_file(self.write_events())
+        self.assertEqual((records, damaged), (self.records, None))
+
+    def test_tensorboard_reads_what_guild_writes(self):
+        python = tensorboard_python()
+        require("tensorboard", python, "pip install tensorboard")
+        self.write_events()
+        out = subprocess.run([python, "-c", (
+            "import json, sys\n"
+            "from tensorboard.backend.event_processing import "
+            "event_accumulator as ea\n"
+            "acc = ea.EventAccumulator(sys.argv[1])\n"
+            "acc.Reload()\n"
+            "print(json.dumps({tag: [[e.step, e.value, e.wall_time] for e "
+            "in acc.Scalars(tag)] for tag in acc.Tags()['scalars']}))"),
+            self.project], stdout=subprocess.PIPE, check=True)
+        self.assertEqual(json.loads(out.stdout.decode().splitlines()[-1]), {
+            "loss": [[0, 0.5, 1795000000.0],
+                     [123456789012, -3.0, 1795000001.0]],
+            "acc": [[1, 0.25, 1795000000.5]],
+            "big": [[2, float("inf"), 1795000002.0]]})
+
 # ---------------------------------------------------------------------------
 # 8. Runs and their status
 # ---------------------------------------------------------------------------
@@ -3319,6 +3373,90 @@ class ViewCommandTest(GuildTestCase):
         self.assertEqual((out["status"], out["text"]),
                          ("completed", "loss: 1\nloss: 0.5\n"))
 
+
+
+@unittest.skipIf(IS_WINDOWS, "a fake tensorboard program as a script")
+class TensorBoardCommandTest(GuildTestCase):
+    """guild tensorboard with a fake `tensorboard` on PATH that copies
+    the log dir it is given (links followed) and exits."""
+
+    def setUp(self):
+        super().setUp()
+        self.bin = mkdtemp()
+        self.copy = path(mkdtemp(), "logdir")
+        write(path(self.bin, "tensorboard"), (
+            "#!%s\nimport shutil, sys\n"
+            "args = sys.argv[1:]\n"
+            "shutil.copytree(args[args.index('--logdir') + 1], %r)\n"
+            "print('fake tensorboard', ' '.join(args[2:]))\n"
+            "sys.exit(int(%r))\n") % (sys.executable, self.copy, "0"))
+        os.chmod(path(self.bin, "tensorboard"), 0o755)
+        self.copy_sample("fit.py", project="sweep")
+        write(path(self.project, "logs.py"), (
+            "import os, sys\nsys.path.insert(0, %r)\nimport guild\n"
+            "os.makedirs('logs')\n"
+            "with open('logs/events.out.tfevents.1.host', 'wb') as f:\n"
+            "    f.write(guild._event_records([('train/loss', 0.5, 1, 1)]))"
+            "\n") % ROOT)
+
+    def tensorboard(self, *args, path_env=None):
+        return self.guild("tensorboard", "-n", "--reload-interval", "0.05",
+                          *args, env={"PATH": path_env or self.bin + os.pathsep
+                                      + os.environ["PATH"]})
+
+    def test_log_dir_holds_printed_scalars_and_event_files(self):
+        self.guild("run", "fit.py", "lr=[0.1,0.3]", "epochs=2", "-q", "-y")
+        self.guild("run", "logs.py", "-q", "-y")
+        code, out = self.tensorboard()
+        self.assertEqual(code, 0, out)
+        self.assertIn("with 3 run(s)", out)
+        self.assertRegex(out, r"fake tensorboard --host 127.0.0.1 --port \d+")
+        names = sorted(os.listdir(self.copy))
+        runs = {run.short_id: run for run in self.runs()}
+        self.assertEqual(len(names), 3)  # the batch is left out
+        for name in names:
+            run = runs[name.split()[0]]
+            self.assertEqual(name, ("%s %s %s" % (
+                run.short_id, run.op_desc, run.get("label"))).strip())
+            if run.op_desc == "logs.py":
+                self.assertEqual(guild._read_event_file(path(
+                    self.copy, name, "logs", "events.out.tfevents.1.host"))
+                    [0], [("train/loss", 0.5, 1, 1)])
+                continue
+            printed = guild._read_event_file(path(
+                self.copy, name, "events.out.tfevents.0.guild-printed"))[0]
+            self.assertEqual([r[:3] for r in printed], [
+                r[:3] for r in guild.read_scalars(run.dir)])
+        for args, shown in [((), 2), (("--include-batch",), 3)]:
+            shutil.rmtree(self.copy)
+            code, out = self.tensorboard("-Fo", "fit", *args)
+            self.assertIn("with %d run(s)" % shown, out)
+
+    def test_sync_adds_what_runs_print_later(self):
+        self.guild("run", "fit.py", "epochs=1", "-q", "-y")
+        run = self.runs()[0]
+        logdir = mkdtemp()
+        mirror = guild._TensorBoardLogdir(logdir, [run])
+        mirror.sync()
+        printed = path(logdir, os.listdir(logdir)[0],
+                       "events.out.tfevents.0.guild-printed")
+        before = guild._read_event_file(printed)[0]
+        with open(run.guild_path("scalars"), "a") as f:
+            f.write(json.dumps(["loss", 0.125, 9, 5]) + "\n")
+        mirror.sync()
+        mirror.sync()
+        self.assertEqual(guild._read_event_file(printed)[0],
+                         before + [("loss", 0.125, 9, 5)])
+
+    def test_missing_or_failing_tensorboard_is_a_clear_error(self):
+        write(path(self.bin, "tensorboard"), "#!/bin/sh\nexit 3\n")
+        self.assertGuildError(self.tensorboard(),
+                              "tensorboard exited with status 3")
+        import importlib.util
+        if importlib.util.find_spec("tensorboard") is None:
+            self.assertGuildError(self.tensorboard(path_env=mkdtemp()),
+                                  "tensorboard is not installed: pip "
+                                  "install tensorboard")
 
 # ---------------------------------------------------------------------------
 # 15-16. API and packaging
