@@ -4818,6 +4818,8 @@ function refreshRuns() {
     body.innerHTML = freshBody.innerHTML;
     body.querySelectorAll("input").forEach(
       box => { box.checked = ticked.has(box.value); });
+    document.getElementById("updated").textContent =
+      "updated " + new Date().toLocaleTimeString();
   }).catch(() => {}).finally(() => setTimeout(refreshRuns, POLL_MS));
 }
 setTimeout(refreshRuns, POLL_MS);
@@ -5116,7 +5118,8 @@ def _runs_page(view, params):
         "value=\"%s\" placeholder=\"last 2 hours\"> status <select "
         "name=\"status\">%s</select> <button>Filter</button></form>"
         "<form method=\"get\" action=\"/compare\"><p><span class=\"count\">"
-        "%s</span> <button>Compare selected</button></p>"
+        "%s</span> <button>Compare selected</button> <span id=\"updated\" "
+        "class=\"note\"></span></p>"
         "<table class=\"runs\"><thead><tr><th></th>%s</tr></thead>"
         "<tbody>%s</tbody></table></form>" % (
             _esc(_param(params, "op")), _esc(_param(params, "label")),
@@ -5305,7 +5308,7 @@ def _tick_text(val, log):
     return "%.4g" % (10 ** val if log else val)
 
 
-def _svg_chart(series, log_x=False, log_y=False, scatter=False,
+def _svg_chart(series, x_title, log_x=False, log_y=False, scatter=False,
                x_labels=None):
     """An SVG chart of series [{"run", "name", "color", "points"}], points
     being [(x, y)]: a line per series, or dots (a scatter). x_labels
@@ -5352,6 +5355,8 @@ def _svg_chart(series, log_x=False, log_y=False, scatter=False,
         parts.append("<text x=\"%.1f\" y=\"%d\" text-anchor=\"middle\">%s"
                      "</text>" % (px(tick), height - bottom + 16,
                                   _esc(text)))
+    parts.append("<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">%s"
+                 "</text>" % (left + plot_w // 2, height - 2, _esc(x_title)))
     for s, points in drawn:
         if scatter:
             parts += ["<circle class=\"point\" data-run=\"%s\" cx=\"%.1f\" "
@@ -5390,7 +5395,7 @@ def _plots_html(runs, log_y, params):
         "<figure data-key=\"%s\"><figcaption>%s</figcaption>%s</figure>" % (
             _esc(key), _esc(key), _svg_chart([
                 dict(r, points=r["series"][key]) for r in runs
-                if key in r["series"]], log_y=log_y))
+                if key in r["series"]], "step", log_y=log_y))
         for key in keys)
     legend = _legend_html(runs) if len(runs) > 1 else ""
     return "<h2>Plots</h2><p>%s</p>%s<div class=\"plots\">%s</div>" % (
@@ -5420,7 +5425,8 @@ def _flag_scatter(summaries, colors, flag, key):
         x["id"][:SHORT_ID_LEN], flag, encode_flag_val(x["flags"].get(flag))),
         "color": colors[x["id"]], "points": [(xv, x["scalars"].get(key))]}
         for x, xv in zip(summaries, at)]
-    return _svg_chart(series, log_x=log_x, scatter=True, x_labels=x_labels)
+    return _svg_chart(series, flag, log_x=log_x, scatter=True,
+                      x_labels=x_labels)
 
 
 def _plot_runs(view, summaries):

@@ -3299,10 +3299,11 @@ class ViewTest(GuildTestCase):
         svg = guild._svg_chart([{"run": "r", "name": "r", "color": "#000",
                                  "points": [(0, 1.0), (1, nan), (2, inf),
                                             (3, 0.0), (4, 0.1)]}],
-                               log_y=True)
+                               "step", log_y=True)
         self.assertIn('data-count="2"', svg)
         self.assertIn("no values", guild._svg_chart(
-            [{"run": "r", "name": "r", "color": "#000", "points": []}]))
+            [{"run": "r", "name": "r", "color": "#000", "points": []}],
+            "step"))
         points = [(i, (i * 7919) % 1000) for i in range(10000)]
         kept = guild._thin(points)
         self.assertLessEqual(len(kept), 2 * guild.VIEW_PLOT_SIZE[0])
@@ -3374,6 +3375,41 @@ class ViewCommandTest(GuildTestCase):
                          ("completed", "loss: 1\nloss: 0.5\n"))
 
 
+
+class ViewBrowserTest(GuildTestCase):
+    """The pages in a real browser (headless Chromium): what it renders
+    after running their scripts, and a screenshot."""
+
+    def test_runs_and_compare_pages_render_in_a_browser(self):
+        sys.path.insert(0, sample("testing"))
+        self.addCleanup(sys.path.remove, sample("testing"))
+        import browser
+        found = browser.find_browser()
+        require("browser", found, browser.INSTALL)
+        browser.make_store(self.home, self.project, lrs=(0.01, 0.1))
+        summaries = guild.run_summaries(path(self.home, "runs"))
+        trials = [x["id"] for x in summaries if x["batch"]]
+        with browser.ViewServer(self.home) as view:
+            page = PageParser(browser.dump_dom(found, view.url + "/",
+                                               wait_ms=5000))
+            rows = page.find("tr", id_="run-")
+            self.assertEqual([r["attrs"]["id"][4:] for r in rows],
+                             [x["id"] for x in summaries])
+            self.assertEqual({page.text_of(r, "status") for r in rows},
+                             {"completed"})
+            # the rows were refreshed by the page's poll, in the browser
+            self.assertRegex(page.find("span", id="updated")[0]["text"],
+                             "^updated ")
+            target = "/compare?runs=" + ",".join(trials)
+            page = PageParser(browser.dump_dom(found, view.url + target))
+            self.assertEqual(
+                sorted(e["attrs"]["data-run"]
+                       for e in page.find("polyline")),
+                sorted(trials * 2))  # loss and acc, a line per run
+            png = path(mkdtemp(), "compare.png")
+            browser.screenshot(found, view.url + target, png, 1000, 700)
+            self.assertEqual(browser.png_size(png), (1000, 700))
+            self.assertGreater(os.path.getsize(png), 10000)
 
 @unittest.skipIf(IS_WINDOWS, "a fake tensorboard program as a script")
 class TensorBoardCommandTest(GuildTestCase):
