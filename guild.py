@@ -4800,7 +4800,8 @@ svg text { font: 11px sans-serif; fill: #444; }
 .legend span { display: inline-block; margin-right: 14px; }
 .legend i { display: inline-block; width: 12px; height: 12px;
             margin-right: 4px; vertical-align: -1px; }
-form.filters input { width: 10em; }
+form.filters input[name] { width: 8em; }
+form.filters input[type=checkbox] { width: auto; }
 .note { color: #666; }
 """
 
@@ -5116,14 +5117,18 @@ def _runs_page(view, params):
         "operation <input name=\"op\" value=\"%s\"> label <input "
         "name=\"label\" value=\"%s\"> started <input name=\"started\" "
         "value=\"%s\" placeholder=\"last 2 hours\"> status <select "
-        "name=\"status\">%s</select> <button>Filter</button></form>"
+        "name=\"status\">%s</select> sort by <input name=\"sort\" "
+        "value=\"%s\" placeholder=\"loss\"> <label>"
+        "<input type=\"checkbox\" name=\"desc\" value=\"1\"%s> highest "
+        "first</label> <button>Show</button></form>"
         "<form method=\"get\" action=\"/compare\"><p><span class=\"count\">"
         "%s</span> <button>Compare selected</button> <span id=\"updated\" "
         "class=\"note\"></span></p>"
         "<table class=\"runs\"><thead><tr><th></th>%s</tr></thead>"
         "<tbody>%s</tbody></table></form>" % (
             _esc(_param(params, "op")), _esc(_param(params, "label")),
-            _esc(_param(params, "started")), status_opts, pages,
+            _esc(_param(params, "started")), status_opts, _esc(sort),
+            " checked" if desc else "", pages,
             "".join(heads), "".join(rows)))
     return _html_page("Runs", body, "const POLL_MS = %d;\n%s" % (
         VIEW_POLL_MS, _VIEW_RUNS_JS))
