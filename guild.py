@@ -4978,11 +4978,12 @@ def _page_filter(params):
     if unknown:
         raise _BadRequest("unknown status '%s'" % unknown[0])
     try:
-        return RunFilter(_param(params, "op") or None,
-                         _param(params, "label") or None,
-                         _param(params, "unlabeled") == "1", statuses,
-                         _param(params, "started") or None,
-                         _param(params, "batch") or None)
+        return RunFilter(operation=_param(params, "op") or None,
+                         label=_param(params, "label") or None,
+                         unlabeled=_param(params, "unlabeled") == "1",
+                         statuses=statuses,
+                         started=_param(params, "started") or None,
+                         batch=_param(params, "batch") or None)
     except UsageError as e:
         raise _BadRequest(str(e))
 
