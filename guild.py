@@ -4119,6 +4119,15 @@ def _claim_from_index(gpus, only=None):
     return None
 
 
+def _staged_run_ids():
+    """Every staged run, oldest first, from the staged index."""
+    with Lock(RUN_STATUS, timeout=60):
+        _ensure_index()
+        names = _index_names("staged")
+    return [run_id for run_id in map(_index_run_id, names) if run_id and
+            run_status(os.path.join(_runs_dir(), run_id)) == "staged"]
+
+
 def _release_claim(run):
     """Drop this process's claim on a run it did not start."""
     claim = _read_json(run.guild_path(PENDING_CLAIM))
@@ -4593,9 +4602,13 @@ def _slurm_submit(run_ids, opts, dry_run=False):
     """
     if not dry_run and not shutil.which("sbatch"):
         raise SlurmError("sbatch not found: %s" % SLURM_INSTALL)
-    max_array_size = opts.get("max_array_size") or (
-        _max_array_size() if shutil.which("scontrol")
-        else DEFAULT_MAX_ARRAY_SIZE)
+    # Slurm's default MaxArraySize unless more is needed: one scontrol
+    # call less per submission (a site that lowered it refuses the array,
+    # and the error says what to do).
+    max_array_size = opts.get("max_array_size") or DEFAULT_MAX_ARRAY_SIZE
+    if not opts.get("max_array_size") and opts.get("per_run") and len(
+            run_ids) >= max_array_size and shutil.which("scontrol"):
+        max_array_size = _max_array_size()
     sub = mkid()[:SHORT_ID_LEN]
     arrays = _slurm_arrays(len(run_ids), opts.get("per_run"),
                            opts["workers"], max_array_size)
@@ -4631,8 +4644,15 @@ def _slurm_submit(run_ids, opts, dry_run=False):
             cmd.append("--dependency=%s" % ",".join(x for x in (
                 opts.get("dependency"), "afterany:" + previous) if x))
         array["submitted"] = _timestamp()
-        array["job"] = previous = _slurm(cmd + [path]).strip().split(
-            ";")[0]
+        try:
+            out = _slurm(cmd + [path])
+        except SlurmError as e:
+            if "array" not in str(e).lower():
+                raise
+            raise SlurmError("%s\nThe cluster's MaxArraySize may be below "
+                             "%d: see 'scontrol show config', and give "
+                             "--max-array-size" % (e, array["tasks"] + 1))
+        array["job"] = previous = out.strip().split(";")[0]
         _write_json(_slurm_dir(sub, SUBMIT_RECORD), record)
     return sub, record
 
@@ -6965,8 +6985,8 @@ def _cmd_slurm_submit(args):
     for level, text in _store_findings(_guild_home()):
         if level == "error" and not args.no_store_check:
             raise SlurmError(text + " (--no-store-check to submit anyway)")
-        if level != "ok":
-            log.warning(text)
+        if level != "ok":  # not log.warning: importing logging costs
+            sys.stderr.write("guild: warning: %s\n" % text)
     opts = {name.replace("-", "_"): getattr(args, name.replace("-", "_"))
             for name in SBATCH_PASS_THROUGH}
     opts.update(
@@ -6997,6 +7017,11 @@ def _cmd_slurm_submit(args):
 def _staged_to_submit(args):
     """The staged runs args select, oldest first, a batch standing for
     its trials."""
+    if not args.runs and not any(getattr(args, name) for name in (
+            "filter_op", "filter_label", "unlabeled", "filter_started",
+            "batch")) and not any(getattr(args, "status_" + name)
+                                  for name in STATUS_FILTERS):
+        return _staged_run_ids()  # all: no listing needed
     summaries, selected = _select_or_all(args)
     chosen = {run.id for run in selected}
     batches = {x["id"] for x in summaries

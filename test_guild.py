@@ -132,6 +132,15 @@ def guild_cmd(args, cwd=None, guild_home=None, env=None, timeout=120,
     return p.returncode, p.stdout.decode("utf-8", "replace")
 
 
+def cat_file(filename):
+    """A text file's contents; "" if it is missing."""
+    try:
+        with open(filename) as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
 def require(what, available, install):
     """Skip the calling test where `what` (a program or package it needs)
     is missing, saying how to install it; with GUILD_REQUIRE_<WHAT>=1 in
@@ -2459,13 +2468,14 @@ class SlurmTest(GuildTestCase):
         self.assertIn("requeued by Slurm (%s_0)" % job, out)
 
     def test_usr1_notice_restages_and_requeues(self):
-        ids = self.stage(2, steps=100, step_seconds=0.02)
+        ids = self.stage(2, steps=50, step_seconds=0.02)
         job, _ = self.submit("--workers", "1")
         busy = self.wait_for(lambda: [i for i in ids
                                       if self.running_in_slurm(i)],
                              what="a run to start")[0]
-        self.wait_for(lambda: "step 1\n" in (self.guild(
-            "cat", "--output", busy)[1]), what="its handler for USR1")
+        self.wait_for(lambda: "step 1\n" in cat_file(path(
+            self.home, "runs", busy, ".guild", "output")),
+            what="its handler for USR1")
         subprocess.run(["scancel", "--batch", "--signal=USR1",
                         job + "_0"], check=True)
         self.restart_now(job + "_0")  # the task requeued itself
