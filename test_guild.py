@@ -2065,8 +2065,9 @@ for step in range(start, steps):
         sys.exit(1)
     print("step", step, flush=True)
     time.sleep(step_seconds)
-    with open(ckpt, "w") as f:
+    with open(ckpt + ".tmp", "w") as f:  # whole, even if killed meanwhile
         f.write(str(step + 1))
+    os.replace(ckpt + ".tmp", ckpt)
 print("loss: 0.1")
 """
 
@@ -2169,7 +2170,8 @@ class PreemptionTest(GuildTestCase):
                                env=dict(task, SLURM_RESTART_COUNT="1"))
         self.assertEqual(code, 0, out)
         self.assertIn("staged again (requeued by Slurm (70_0)", out)
-        self.assertEqual(run.status, "completed")
+        self.assertEqual(run.status, "completed", out + cat_file(
+            run.guild_path("output")))
         self.assertEqual(len(guild._run_attempts(run)), 1)
         other = guild.Run(ids[1], path(self.home, "runs", ids[1]))
         self.assertEqual(other.status, "staged")  # not this task's run
