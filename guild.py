@@ -4846,10 +4846,20 @@ function refreshRuns() {
 setTimeout(refreshRuns, POLL_MS);
 """
 
-# A run page: append output as it comes while the run may still change;
-# reload once it ends, for its final scalars, plots and files.
+# A run page: append output as it comes while the run may still change,
+# redraw its scalars and plots every fifth poll; reload once it ends, for
+# its final scalars, plots and files.
 _VIEW_RUN_JS = """\
+let polls = 0;
+function redrawScalars() {
+  fetch(location.href).then(r => r.text()).then(text => {
+    const fresh = new DOMParser().parseFromString(text, "text/html");
+    const live = fresh.getElementById("live");
+    if (live) document.getElementById("live").replaceWith(live);
+  }).catch(() => {});
+}
 function followRun() {
+  if (++polls % 5 === 0) redrawScalars();
   const out = document.getElementById("output");
   const status = document.getElementById("status");
   fetch(OUTPUT_URL + "?offset=" + out.dataset.offset).then(r => r.json())
@@ -5251,9 +5261,10 @@ def _run_page(view, ref, params):
     body = (
         "<h1>%s <small>%s</small></h1><table class=\"attrs\">%s</table>"
         "<h2>Flags</h2><table class=\"flags\">%s</table>%s"
-        "<h2>Scalars</h2><table class=\"scalars\"><tr><th>key</th>"
-        "<th>last</th><th>min</th><th>max</th><th>step</th><th>count</th>"
-        "</tr>%s</table>%s<h2>Output</h2><pre id=\"output\" "
+        "<div id=\"live\"><h2>Scalars</h2><table class=\"scalars\"><tr>"
+        "<th>key</th><th>last</th><th>min</th><th>max</th><th>step</th>"
+        "<th>count</th></tr>%s</table>%s</div><h2>Output</h2><pre "
+        "id=\"output\" "
         "data-offset=\"%d\">%s</pre><h2>Files</h2><table class=\"files\">"
         "%s</table>" % (
             _esc(run.op_desc), run.short_id, attrs, flags, trials, scalars,
