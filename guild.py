@@ -6812,14 +6812,14 @@ def _cmd_view(args):
     view = _View(_runs_dir(), _filter_from_args(args, summaries), only,
                  loopback=_is_loopback(host))
     server = _view_server(view, host, args.port or 0)
-    url = "http://%s:%d/" % ("[%s]" % host if ":" in host else host,
-                             server.server_address[1])
-    if not view.loopback:
-        log.warning("serving on %s: anyone who can reach this machine can "
-                    "read these runs and their files", host)
-    print("Guild View at %s (Ctrl-C to stop)" % url, flush=True)
-    _open_browser(url, args.no_open)
-    try:
+    try:  # from here Ctrl-C stops the view, however early
+        url = "http://%s:%d/" % ("[%s]" % host if ":" in host else host,
+                                 server.server_address[1])
+        if not view.loopback:
+            log.warning("serving on %s: anyone who can reach this machine "
+                        "can read these runs and their files", host)
+        print("Guild View at %s (Ctrl-C to stop)" % url, flush=True)
+        _open_browser(url, args.no_open)
         server.serve_forever(poll_interval=0.5)
     except KeyboardInterrupt:
         pass
@@ -6863,12 +6863,12 @@ def _cmd_tensorboard(args):
         mirror.sync()
         proc = subprocess.Popen(command + ["--logdir", logdir, "--host",
                                            host, "--port", str(port)])
-        url = "http://%s:%d/" % ("[%s]" % host if ":" in host else host,
-                                 port)
-        print("TensorBoard at %s with %d run(s) (Ctrl-C to stop)"
-              % (url, len(selected)), flush=True)
-        _open_browser(url, args.no_open)
-        try:
+        try:  # from here Ctrl-C stops TensorBoard, however early
+            url = "http://%s:%d/" % ("[%s]" % host if ":" in host else host,
+                                     port)
+            print("TensorBoard at %s with %d run(s) (Ctrl-C to stop)"
+                  % (url, len(selected)), flush=True)
+            _open_browser(url, args.no_open)
             while proc.poll() is None:
                 try:
                     proc.wait(timeout=args.reload_interval)

@@ -3349,11 +3349,11 @@ class ViewCommandTest(GuildTestCase):
         self.assertTrue(url.startswith("http://127.0.0.1:"))
         with urllib.request.urlopen(url + "api/runs") as r:
             self.assertEqual(json.load(r)["total"], 0)
-        p, lines, url = self.start_view("--host", "0.0.0.0")
-        self.assertIn("serving on 0.0.0.0: anyone", "".join(lines))
         port = url.rsplit(":", 1)[1].strip("/")
         self.assertGuildError(self.guild("view", "-n", "-p", port),
                               "cannot serve on 127.0.0.1:%s" % port)
+        p, lines, url = self.start_view("--host", "0.0.0.0")
+        self.assertIn("serving on 0.0.0.0: anyone", "".join(lines))
         p.send_signal(signal.SIGINT)
         self.assertEqual(p.wait(timeout=30), 0)
 
