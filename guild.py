@@ -1045,8 +1045,12 @@ def _flagdef_type_for_value(val):
 def _coerce_flag_val(name, raw, flagdef):
     """Decode the command line text raw for flag name, typed by flagdef.
 
-    A list value (a batch) is coerced element by element, a sequence's
-    values and a distribution's bounds by the flag's type.
+    Numbers keep the type the user typed (x=4 is the int 4 even where the
+    default is 0.1, as in Guild AI), unless the script declares the
+    flag's type (argparse's or click's type=int: flagdef `declared`),
+    which refuses what that type cannot take. A list value (a batch) is
+    coerced element by element, a sequence's values likewise; a float
+    flag's distribution samples floats.
     """
     stripped = raw.strip()
     form = _search_form(stripped)
@@ -1058,20 +1062,28 @@ def _coerce_flag_val(name, raw, flagdef):
         return [_coerce_number(name, raw, x, flagdef) for x in space]
     if space is not None:
         if space["$dist"] == "uniform":
-            space["low"] = _coerce_number(name, raw, space["low"], flagdef)
-            space["high"] = _coerce_number(name, raw, space["high"], flagdef)
-        elif (flagdef or {}).get("type") in ("int", "string", "boolean"):
+            for bound in ("low", "high"):
+                space[bound] = _coerce_number(name, raw, space[bound],
+                                              flagdef)
+                if (flagdef or {}).get("type") == "float":
+                    space[bound] = float(space[bound])
+        elif (flagdef or {}).get("type") in ("string", "boolean") or \
+                _declared_int(flagdef):
             raise FlagError("invalid value %s for %s: loguniform gives "
                             "floats" % (raw, name))
         return space
     return _coerce_one(name, raw, flagdef)
 
 
+def _declared_int(flagdef):
+    """True if the script itself makes the flag's value an int."""
+    return (flagdef or {}).get("type") == "int" and \
+        bool((flagdef or {}).get("declared"))
+
+
 def _coerce_number(name, raw, x, flagdef):
     ftype = (flagdef or {}).get("type")
-    if ftype == "float":
-        return float(x)
-    if ftype == "int" and not isinstance(x, int):
+    if _declared_int(flagdef) and not isinstance(x, int):
         raise FlagError("invalid value %s for %s: expected integers"
                         % (raw, name))
     if ftype in ("string", "boolean"):
@@ -1083,20 +1095,22 @@ def _coerce_number(name, raw, x, flagdef):
 def _coerce_one(name, raw, flagdef):
     ftype = (flagdef or {}).get("type")
     val = decode_flag_val(raw)
+    is_number = isinstance(val, (int, float)) and not isinstance(val, bool)
     if ftype == "string" and isinstance(val, (bool, int, float)):
         val = raw.strip()
-    elif ftype == "int" and val is not None:
-        if isinstance(val, bool) or not isinstance(val, int):
-            raise FlagError("invalid value %s for %s: expected an integer"
-                            % (raw, name))
-    elif ftype == "float" and val is not None:
-        if isinstance(val, bool) or not isinstance(val, (int, float)):
+    elif ftype in ("int", "float") and val is not None:
+        if not is_number:
             raise FlagError("invalid value %s for %s: expected a number"
                             % (raw, name))
-        val = float(val)
-    elif ftype == "boolean" and not isinstance(val, bool):
-        raise FlagError("invalid value %s for %s: expected yes or no"
-                        % (raw, name))
+        if _declared_int(flagdef) and not isinstance(val, int):
+            raise FlagError("invalid value %s for %s: expected an integer"
+                            % (raw, name))
+    elif ftype == "boolean":
+        if is_number and val in (0, 1):
+            val = bool(val)
+        elif not isinstance(val, bool):
+            raise FlagError("invalid value %s for %s: expected yes or no"
+                            % (raw, name))
     choices = (flagdef or {}).get("choices")
     if choices and val not in choices:
         raise FlagError("invalid value %s for %s: choose from %s" % (
@@ -1184,10 +1198,11 @@ def _module_assignments(ast, tree):
 
 
 def _globals_flagdefs(ast, tree):
-    defs = {}
+    defs, seen = {}, set()
     for name, node in _module_assignments(ast, tree):
-        if name.startswith("_"):
+        if name.startswith("_") or name in seen:
             continue
+        seen.add(name)  # the first assignment is the default
         try:
             val = ast.literal_eval(node.value)
         except ValueError:

@@ -501,16 +501,26 @@ class FlagDecodeTest(unittest.TestCase):
         c = guild._coerce_flag_val
         self.assertEqual(c("s", "true", {"type": "string"}), "true")
         self.assertEqual(c("s", "1", {"type": "string"}), "1")
-        self.assertEqual(c("f", "1", {"type": "float"}), 1.0)
-        self.assertIsInstance(c("f", "1", {"type": "float"}), float)
+        # Numbers keep the type typed, as in Guild AI: 4 for a float
+        # flag is the int 4; 1.5 for an int flag is 1.5, unless the
+        # script declares the flag an int (argparse's type=int).
+        self.assertEqual(c("f", "1", {"type": "float"}), 1)
+        self.assertIsInstance(c("f", "1", {"type": "float"}), int)
+        self.assertEqual(c("f", "0.5", {"type": "float"}), 0.5)
         self.assertEqual(c("i", "3", {"type": "int"}), 3)
+        self.assertEqual(c("i", "1.5", {"type": "int"}), 1.5)
         self.assertEqual(c("b", "yes", {"type": "boolean"}), True)
-        self.assertEqual(c("x", "[1,2]", {"type": "float"}), [1.0, 2.0])
+        self.assertEqual(c("b", "0", {"type": "boolean"}), False)
+        self.assertEqual(c("x", "[1,2.5]", {"type": "float"}), [1, 2.5])
         self.assertEqual(c("x", "[a,b]", {"type": "string"}), ["a", "b"])
         self.assertEqual(c("u", "1", None), 1)
-        for name, raw, fd in [("i", "1.5", {"type": "int"}),
+        for name, raw, fd in [("i", "1.5", {"type": "int",
+                                            "declared": True}),
                               ("f", "x", {"type": "float"}),
+                              ("f", "yes", {"type": "float"}),
+                              ("i", "x", {"type": "int"}),
                               ("b", "maybe", {"type": "boolean"}),
+                              ("b", "2", {"type": "boolean"}),
                               ("c", "z", {"choices": ["a", "b"]})]:
             with self.assertRaises(guild.FlagError):
                 c(name, raw, fd)
@@ -973,9 +983,9 @@ class RunTest(GuildTestCase):
         self.copy_sample("train.py")
         code, out = self.guild("run", "train.py", "lr=1", "name=true",
                                "fast=yes", "seed=7", "-y")
-        self.assertEqual(out, "lr=1.0 epochs=2 name=true fast=True seed=7\n")
+        self.assertEqual(out, "lr=1 epochs=2 name=true fast=True seed=7\n")
         self.assertEqual(self.runs()[0].flags, {
-            "lr": 1.0, "epochs": 2, "name": "true", "fast": True,
+            "lr": 1, "epochs": 2, "name": "true", "fast": True,
             "seed": 7})
 
     def test_argparse_types(self):
@@ -1333,10 +1343,16 @@ class SearchSpaceTest(unittest.TestCase):
         c = guild._coerce_flag_val
         self.assertEqual(c("x", "[1:10]", {"type": "float"}),
                          {"$dist": "uniform", "low": 1.0, "high": 10.0})
-        self.assertEqual(c("x", "range[1:3]", {"type": "float"}),
-                         [1.0, 2.0, 3.0])
-        for raw, fd in [("linspace[0:1:3]", {"type": "int"}),
-                        ("loguniform[1:2]", {"type": "int"}),
+        self.assertEqual(c("x", "range[1:3]", {"type": "float"}), [1, 2, 3])
+        # A float range for an int flag, unless the script declares it.
+        self.assertEqual(c("x", "[1:2.5]", {"type": "int"}),
+                         {"$dist": "uniform", "low": 1, "high": 2.5})
+        self.assertEqual(c("x", "linspace[0:1:3]", {"type": "int"}),
+                         [0.0, 0.5, 1.0])
+        declared = {"type": "int", "declared": True}
+        for raw, fd in [("linspace[0:1:3]", declared),
+                        ("loguniform[1:2]", declared),
+                        ("[1:2.5]", declared),
                         ("[1:2]", {"type": "string"})]:
             with self.assertRaises(guild.FlagError):
                 c("x", raw, fd)
@@ -1601,7 +1617,7 @@ class TpeBatchTest(GuildTestCase):
         code, out = self.guild("runs", "info", batch.id[:8])
         self.assertIn("best_trial: %s (trial %d of 8, loss " % (
             trials[best].id, best + 1), out)
-        self.assertIn("best_flags:\n  fail: 2.0\n  x: %s\n" % (
+        self.assertIn("best_flags:\n  fail: 2\n  x: %s\n" % (
             guild.encode_flag_val(trials[best].flags["x"])), out)
         # The same seed proposes the same trials.
         self.guild("run", "quad.py", "x=[0.0:1.0]", "fail=2", "-o", "tpe",
