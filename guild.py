@@ -1093,6 +1093,12 @@ def _coerce_number(name, raw, x, flagdef):
 
 
 def _coerce_one(name, raw, flagdef):
+    if (flagdef or {}).get("nargs") is not None and len(raw.split()) > 1:
+        # words for an option taking several values: each is checked
+        one = dict(flagdef, nargs=None)
+        for word in raw.split():
+            _coerce_one(name, word, one)
+        return raw.strip()
     ftype = (flagdef or {}).get("type")
     val = decode_flag_val(raw)
     is_number = isinstance(val, (int, float)) and not isinstance(val, bool)
@@ -1128,6 +1134,55 @@ def _parse_flag_args(args):
                             % arg)
         raw[name] = val
     return raw
+
+
+def _flag_args(flags, flagdefs):
+    """The command line arguments that give a script its flag values.
+
+    A value goes as `--name=VALUE` (a value may start with '-'), a short
+    option's as `-n VALUE`; yes/no options (store_true, store_false,
+    --x/--no-x switches) as the option that says it; an option taking
+    several values gets the words of its value (`layers='64 32'` is
+    `--layers 64 32`); a `type=bool` option gets 1 or '' (bool('no') is
+    True). A flag the script does not declare (--force-flags) goes as
+    `--name VALUE`, yes and no as 1 and '', as Guild AI passes them.
+    """
+    args = []
+    for name in sorted(flags):
+        val = flags[name]
+        fd = flagdefs.get(name)
+        if fd is None:
+            if val is not None:
+                args += ["--" + name, ("1" if val else "") if isinstance(
+                    val, bool) else _arg_text(val)]
+            continue
+        arg, kind = fd.get("arg", "--" + name), fd.get("kind", "store")
+        if kind == "store_true":
+            args += [arg] if val else []
+        elif kind == "store_false":
+            args += [arg] if val is False else []
+        elif kind == "switch":
+            args += [] if val is None else [arg if val else fd["off_arg"]]
+        elif val is None:
+            continue
+        elif kind == "bool_value":
+            args += _option_arg(arg, "1" if val else "")
+        elif fd.get("nargs") is not None and isinstance(val, str):
+            import shlex
+            args += [arg] + shlex.split(val)
+        else:
+            args += _option_arg(arg, _arg_text(val))
+    return args
+
+
+def _arg_text(val):
+    return val if isinstance(val, str) else encode_flag_val(val)
+
+
+def _option_arg(arg, text):
+    if arg.startswith("--"):
+        return ["%s=%s" % (arg, text)]
+    return [arg + text] if text.startswith("-") else [arg, text]
 
 
 # Flag inference. An argparse script is asked for its parser in a child
@@ -1265,7 +1320,8 @@ def _flagdefs_help(op_name, flagdefs, doc=None):
         desc = fd.get("help") or ""
         default = fd.get("default")
         default_desc = ("(default is %s)" % encode_flag_val(default)
-                        if default is not None else "(default is unspecified)")
+                        if default is not None else "(required)"
+                        if fd.get("required") else "(default is unspecified)")
         text = ("%s %s" % (desc, default_desc)).strip()
         lines.append("  %s  %s" % (name.ljust(width), text))
         if fd.get("choices"):
@@ -2694,6 +2750,20 @@ def _given_flags(op, raw_flags, force=False):
                 % (name, op["name"]))
     return {name: _coerce_flag_val(name, raw, flagdefs.get(name))
             for name, raw in raw_flags.items()}
+
+
+def _check_required(op, flag_vals, rows):
+    """Refuse a run missing a flag the script requires (argparse's or
+    click's required=True): the script would only fail on it."""
+    for name, fd in sorted(_op_flagdefs(op).items()):
+        if fd.get("required") and (flag_vals.get(name) is None and not rows
+                                   or any(row.get(name, flag_vals.get(name))
+                                          is None for row in rows)):
+            raise FlagError(
+                "missing required flag '%s' (the script's option %s)\n"
+                "Give it as %s=VALUE; 'guild run %s --help-op' lists the "
+                "flags." % (name, fd.get("arg", "--" + name), name,
+                            op["name"]))
 
 
 def _coerce_value(name, val, flagdef):
@@ -5942,6 +6012,7 @@ def run_attrs(opspec, flags=None, cwd=None, label=None, optimizer=None,
     if slurm:
         _read_submission(slurm)  # before anything is written to the store
     rows = _read_batch_files(batch_files, op, force_flags, cwd)
+    _check_required(op, flag_vals, rows)
     dists = [n for n, v in sorted(flag_vals.items()) if is_distribution(v)]
     lists = [n for n, v in flag_vals.items() if isinstance(v, list)]
     if optimizer is None:
