@@ -608,6 +608,212 @@ class FlagInferenceTest(GuildTestCase):
         self.assertEqual((mode, sorted(defs)), ("globals", ["x"]))
 
 
+ARGPARSE_STYLES = """\
+import argparse
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--learning-rate", dest="rate", type=float, default=0.1)
+    p.add_argument("--aug", action=argparse.BooleanOptionalAction,
+                   default=True)
+    p.add_argument("--layers", nargs="+", type=int, default=[64, 32])
+    p.add_argument("--pair", nargs=2, default=["a", "b"])
+    p.add_argument("--mixed", type=bool, default=True)
+    p.add_argument("--opt", choices=["sgd", "adam"], default="sgd")
+    p.add_argument("--req", required=True)
+    p.add_argument("-b", type=int, default=3, help="batch")
+    p.add_argument("--verbose", action="count")
+    print(sorted(vars(p.parse_args()).items()))
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+CLICK_STYLES = """\
+import sys
+try:
+    import click
+except ImportError:  # the test skips where click is missing
+    sys.exit("click is not installed")
+
+
+@click.command()
+@click.option("--lr", type=float, default=0.1, help="learning rate")
+@click.option("--epochs", type=int, default=2)
+@click.option("--aug/--no-aug", default=True)
+@click.option("--quiet", is_flag=True)
+@click.option("--opt", type=click.Choice(["sgd", "adam"]), default="sgd")
+@click.option("--req", required=True)
+@click.option("--pair", nargs=2, type=int, default=(1, 2))
+@click.option("--shuffle", type=bool, default=True)
+@click.option("-n", "count", type=int, default=1)
+def main(**kw):
+    print(sorted(kw.items()))
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+class FlagStylesTest(GuildTestCase):
+    """Every way scripts take flags, through the CLI."""
+    starts_scripts = True  # also run in the fresh-interpreter pass
+
+    def run_ok(self, *args):
+        code, out = self.guild("run", *(args + ("-y",)))
+        self.assertEqual(code, 0, out)
+        return out
+
+    def test_forced_flags_reach_a_script_reading_sys_argv(self):
+        write(path(self.project, "argv.py"),
+              "import sys\nprint(sys.argv[1:])\n")
+        out = self.run_ok("argv.py", "lr=0.5", "fast=yes", "off=no",
+                          "msg=a b", "--force-flags")
+        self.assertEqual(out, "['--fast', '1', '--lr', '0.5', '--msg', "
+                              "'a b', '--off', '']\n")
+        code, out = self.guild("runs", "info")
+        self.assertIn("argv.py --fast 1 --lr 0.5 --msg a b --off \n", out)
+
+    def test_forced_flags_reach_a_parser_in_an_imported_module(self):
+        write(path(self.project, "config.py"),
+              "import argparse\n\ndef get_args():\n"
+              "    p = argparse.ArgumentParser()\n"
+              "    p.add_argument('--lr', type=float, default=0.1)\n"
+              "    p.add_argument('--fast', action='store_true')\n"
+              "    return p.parse_args()\n")
+        write(path(self.project, "train.py"),
+              "from config import get_args\nx = 1\n"
+              "print(sorted(vars(get_args()).items()), x)\n")
+        out = self.run_ok("train.py", "x=2", "lr=0.5", "--force-flags")
+        self.assertEqual(out, "[('fast', False), ('lr', 0.5)] 2\n")
+
+    def test_argparse_styles_are_flags(self):
+        write(path(self.project, "styles.py"), ARGPARSE_STYLES)
+        code, out = self.guild("run", "styles.py", "--help-op")
+        flags = out.split("Flags:\n")[1]
+        for line in ["  aug            (default is yes)",
+                     "  b              batch (default is 3)",
+                     "  layers         (default is '64 32')",
+                     "  learning-rate  (default is 0.1)",
+                     "  mixed          (default is yes)",
+                     "  pair           (default is 'a b')",
+                     "  req            (required)"]:
+            self.assertIn(line + "\n", flags)
+        self.assertNotIn("verbose", flags)
+        out = self.run_ok("styles.py", "req=x", "aug=no", "layers=8 4 2",
+                          "mixed=no", "b=5", "learning-rate=0.3",
+                          "pair=c -d")
+        self.assertEqual(out, "[('aug', False), ('b', 5), ('layers', "
+                              "[8, 4, 2]), ('mixed', False), ('opt', "
+                              "'sgd'), ('pair', ['c', '-d']), ('rate', "
+                              "0.3), ('req', 'x'), ('verbose', None)]\n")
+        out = self.run_ok("styles.py", "req=y", "aug=yes", "mixed=yes",
+                          "layers=7")
+        self.assertIn("('aug', True)", out)
+        self.assertIn("('layers', [7])", out)
+        self.assertIn("('mixed', True)", out)
+        code, out = self.guild("runs", "info")
+        self.assertIn("styles.py --aug -b 3 --layers 7 --learning-rate=0.1 "
+                      "--mixed=1 --opt=sgd --pair a b --req=y\n", out)
+
+    def test_a_list_is_a_grid_axis_and_words_are_one_value(self):
+        write(path(self.project, "styles.py"), ARGPARSE_STYLES)
+        code, out = self.guild("run", "styles.py", "req=x",
+                               "layers=[8 4, 2]", "--print-trials")
+        self.assertEqual(code, 0, out)
+        self.assertIn("1  yes  3  '8 4'", out)
+        self.assertIn("2  yes  3  2 ", out)
+
+    def test_argparse_refusals_come_before_a_run(self):
+        write(path(self.project, "styles.py"), ARGPARSE_STYLES)
+        self.assertGuildError(
+            self.guild("run", "styles.py", "-y"),
+            "missing required flag 'req' (the script's option --req)")
+        self.assertGuildError(
+            self.guild("run", "styles.py", "req=x", "opt=rmsprop", "-y"),
+            "invalid value rmsprop for opt: choose from sgd, adam")
+        self.assertGuildError(
+            self.guild("run", "styles.py", "req=x", "b=1.5", "-y"),
+            "invalid value 1.5 for b: expected an integer")
+        self.assertGuildError(
+            self.guild("run", "styles.py", "req=x", "layers=1 x", "-y"),
+            "invalid value x for layers: expected a number")
+        self.assertGuildError(
+            self.guild("run", "styles.py", "req=x", "aug=maybe", "-y"),
+            "invalid value maybe for aug: expected yes or no")
+        self.assertEqual(self.runs(), [])
+        self.assertFalse(os.path.exists(path(self.home, "runs")) and
+                         os.listdir(path(self.home, "runs")))
+
+    def test_subparsers_top_level_options(self):
+        write(path(self.project, "sub.py"),
+              "import argparse\np = argparse.ArgumentParser()\n"
+              "p.add_argument('--lr', type=float, default=0.1)\n"
+              "subs = p.add_subparsers(dest='cmd')\n"
+              "subs.add_parser('train').add_argument('--epochs')\n"
+              "print(sorted(vars(p.parse_args()).items()))\n")
+        code, out = self.guild("run", "sub.py", "--help-op")
+        self.assertIn("  lr  (default is 0.1)\n", out)
+        self.assertNotIn("epochs", out)
+        self.assertEqual(self.run_ok("sub.py", "lr=0.5"),
+                         "[('cmd', None), ('lr', 0.5)]\n")
+
+    def test_click_scripts(self):
+        try:
+            import click
+        except ImportError:
+            click = None
+        require("click", click, "pip install click")
+        write(path(self.project, "cl.py"), CLICK_STYLES)
+        code, out = self.guild("run", "cl.py", "--help-op")
+        flags = out.split("Flags:\n")[1]
+        for line in ["  aug      (default is yes)",
+                     "  epochs   (default is 2)",
+                     "  lr       learning rate (default is 0.1)",
+                     "  n        (default is 1)",
+                     "  pair     (default is '1 2')",
+                     "  quiet    (default is no)",
+                     "  req      (required)",
+                     "  shuffle  (default is yes)"]:
+            self.assertIn(line + "\n", flags)
+        self.assertIn("Choices: sgd, adam", flags)
+        out = self.run_ok("cl.py", "req=x", "lr=1", "aug=no", "quiet=yes",
+                          "pair=3 4", "shuffle=no", "n=-2", "opt=adam")
+        self.assertEqual(out, "[('aug', False), ('count', -2), ('epochs', "
+                              "2), ('lr', 1.0), ('opt', 'adam'), ('pair', "
+                              "(3, 4)), ('quiet', True), ('req', 'x'), "
+                              "('shuffle', False)]\n")
+        self.assertGuildError(self.guild("run", "cl.py", "-y"),
+                              "missing required flag 'req'")
+        self.assertGuildError(
+            self.guild("run", "cl.py", "req=x", "epochs=1.5", "-y"),
+            "invalid value 1.5 for epochs: expected an integer")
+        self.assertGuildError(
+            self.guild("run", "cl.py", "req=x", "opt=x", "-y"),
+            "invalid value x for opt: choose from sgd, adam")
+        self.assertEqual(len(self.runs()), 1)
+
+    def test_numbers_keep_the_type_typed(self):
+        write(path(self.project, "g.py"),
+              "x = 0.1\nepochs = 2\nprint(repr(x), repr(epochs))\n")
+        self.assertEqual(self.run_ok("g.py", "x=4", "epochs=0.5"),
+                         "4 0.5\n")
+        self.assertEqual(self.runs()[0].get("label"), "epochs=0.5 x=4")
+        self.assertGuildError(self.guild("run", "g.py", "x=abc", "-y"),
+                              "invalid value abc for x: expected a number")
+
+    def test_a_global_assigned_twice_defaults_to_the_first(self):
+        write(path(self.project, "g.py"),
+              "x = 1\nx = 2\nprint(x)\n")
+        code, out = self.guild("run", "g.py", "--help-op")
+        self.assertIn("  x  (default is 1)\n", out)
+        self.assertEqual(self.run_ok("g.py", "x=5"), "5\n")
+        self.assertEqual(self.runs()[0].flags, {"x": 5})
+
+
 # ---------------------------------------------------------------------------
 # 7. TensorBoard event files
 # ---------------------------------------------------------------------------
