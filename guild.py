@@ -1167,9 +1167,10 @@ def _flag_args(flags, flagdefs):
             continue
         elif kind == "bool_value":
             args += _option_arg(arg, "1" if val else "")
-        elif fd.get("nargs") is not None and isinstance(val, str):
+        elif fd.get("nargs") is not None:
             import shlex
-            args += [arg] + shlex.split(val)
+            args += [arg] + (shlex.split(val) if isinstance(val, str)
+                             else [_arg_text(val)])
         else:
             args += _option_arg(arg, _arg_text(val))
     return args
@@ -1216,7 +1217,7 @@ def _script_flagdefs(script_path):
         raise OpError("cannot read flags from %s: %s (line %s)"
                       % (script_path, e.msg, e.lineno))
     mode, flags = "globals", None
-    if _imports_argparse(ast, tree):
+    if _imports_parser(ast, tree):
         flags = _argparse_flagdefs(script_path, cache_path)
         if flags is not None:
             mode = "args"
@@ -1228,12 +1229,20 @@ def _script_flagdefs(script_path):
     return mode, flags
 
 
-def _imports_argparse(ast, tree):
+_PARSER_MODULES = ("argparse", "click")
+_CLICK_IMPORT_RE = re.compile(rb"^[ \t]*(?:import|from)[ \t]+click\b", re.M)
+
+
+def _imports_parser(ast, tree):
+    """True if the script imports argparse or click: its flags are then
+    its options, which a probe asks for."""
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            if any(a.name == "argparse" for a in node.names):
+            if any(a.name.partition(".")[0] in _PARSER_MODULES
+                   for a in node.names):
                 return True
-        elif isinstance(node, ast.ImportFrom) and node.module == "argparse":
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and \
+                (node.module or "").partition(".")[0] in _PARSER_MODULES:
             return True
     return False
 
@@ -2970,7 +2979,7 @@ def _script_process_main(words):
     with open(script, "rb") as f:
         source = f.read()
     if what == "probe":
-        _patch_argparse_to_describe(arg)
+        _patch_parsers_to_describe(arg, _CLICK_IMPORT_RE.search(source))
         code = _compile_script(source, script)
     else:
         code = _compile_script(source, script, json.loads(arg))
@@ -3125,48 +3134,141 @@ def _record_script_exit(status):
         pass  # the run dir is gone; whoever watches records the exit
 
 
-# The argparse probe: parse_args and parse_known_args write what the
-# parser holds and end the process, before the script does its work.
+# The probe: parse_args and parse_known_args (argparse), or a click
+# command's main, write what the parser holds and end the process,
+# before the script does its work.
 
 _ARGPARSE_KINDS = {"_StoreAction": "store", "_StoreTrueAction": "store_true",
-                   "_StoreFalseAction": "store_false"}
+                   "_StoreFalseAction": "store_false",
+                   "BooleanOptionalAction": "switch"}
+# click's type names, and the flag type each is
+_CLICK_TYPES = {"integer": "int", "integer range": "int", "float": "float",
+                "float range": "float", "boolean": "boolean"}
 
 
-def _patch_argparse_to_describe(out_path):
-    def describe(parser, *_args, **_kw):
+def _patch_parsers_to_describe(out_path, with_click):
+    """Make argparse, and click where the script imports it, describe
+    the script's options to out_path and exit, once it parses them."""
+    def describe_argparse(parser, *_args, **_kw):
         _write_json(out_path, _argparse_flags(parser))
         os._exit(0)
-    argparse.ArgumentParser.parse_args = describe
-    argparse.ArgumentParser.parse_known_args = describe
+    argparse.ArgumentParser.parse_args = describe_argparse
+    argparse.ArgumentParser.parse_known_args = describe_argparse
+    if not with_click:
+        return
+    try:
+        import click.core  # the script's own dependency, in its process
+    except ImportError:
+        return
+
+    def describe_click(command, *_args, **_kw):
+        _write_json(out_path, _click_flags(command))
+        os._exit(0)
+    click.core.Command.main = describe_click
+
+
+def _json_default(val, other=str):
+    """A default as JSON can hold it: a tuple is a list, another object
+    other(val) (its text for argparse; click's no-default sentinel is
+    None)."""
+    if isinstance(val, tuple):
+        val = list(val)
+    try:
+        json.dumps(val)
+    except (TypeError, ValueError):
+        return other(val)
+    return val
+
+
+def _list_default(val):
+    """The default of an option taking several values, as a flag value:
+    the words joined by spaces (`1 2`), as Guild AI shows it."""
+    if isinstance(val, list):
+        return " ".join(encode_flag_val(x) if not isinstance(x, str) else x
+                        for x in val)
+    return val
 
 
 def _argparse_flags(parser):
-    """The flag definitions of an argparse parser's options, a list."""
+    """The flag definitions of an argparse parser's options, a list.
+
+    A flag is named by its first long option (else its short one) without
+    dashes, as Guild AI names it, whatever its dest.
+    """
     flags = []
     for a in parser._actions:
         kind = _ARGPARSE_KINDS.get(type(a).__name__)
-        longs = [o for o in a.option_strings if o.startswith("--")]
-        if not kind or not longs or (kind == "store"
-                                     and a.nargs not in (None, "?")):
+        if not kind or not a.option_strings or \
+                a.nargs in (argparse.REMAINDER, argparse.PARSER):
             continue
-        default = a.default
-        try:
-            json.dumps(default)
-        except (TypeError, ValueError):
-            default = str(default)
-        if kind != "store":
-            ftype = "boolean"
-        elif a.type in (int, float):
-            ftype = a.type.__name__
-        elif a.type is None and isinstance(default, (int, float)) \
-                and not isinstance(default, bool):
-            ftype = type(default).__name__
+        longs = [o for o in a.option_strings if o.startswith("--")]
+        arg = (longs or a.option_strings)[0]
+        flag = {"name": arg.lstrip("-"), "arg": arg, "kind": kind,
+                "type": "boolean", "default": _json_default(a.default),
+                "help": a.help or "", "required": bool(a.required),
+                "choices": _json_default(list(a.choices))
+                if a.choices else None}
+        if kind == "switch":
+            flag["off_arg"] = [o for o in a.option_strings
+                               if o.startswith("--no-")][0]
+        elif kind == "store":
+            if a.type is bool:  # bool("False") is True: pass '' for no
+                flag["kind"] = "bool_value"
+            else:
+                _set_value_type(flag, a.type in (int, float) and
+                                a.type.__name__, a.nargs)
+        flags.append(flag)
+    return flags
+
+
+def _set_value_type(flag, declared, nargs):
+    """Type a flag that takes a value: by its declared type (int,
+    float), else by its default; nargs other than one makes the value a
+    space-separated list (`layers='64 32'`)."""
+    default = flag["default"]
+    if declared:
+        flag["type"], flag["declared"] = declared, True
+    elif isinstance(default, (int, float)) and not isinstance(default,
+                                                              bool):
+        flag["type"] = type(default).__name__
+    else:
+        flag["type"] = "string"
+    if nargs not in (None, "?", 1):
+        flag["nargs"] = nargs
+        flag["default"] = _list_default(default)
+
+
+def _click_flags(command):
+    """The flag definitions of a click command's options, a list (a
+    group's own options; its subcommands are not flags)."""
+    flags = []
+    for p in command.params:
+        if getattr(p, "param_type_name", "") != "option" or p.multiple \
+                or not p.opts:
+            continue
+        longs = [o for o in p.opts if o.startswith("--")]
+        arg = (longs or p.opts)[0]
+        flag = {"name": arg.lstrip("-"), "arg": arg, "kind": "store",
+                "type": "boolean",
+                "default": _json_default(p.default, lambda _: None),
+                "help": getattr(p, "help", None) or "",
+                "required": bool(p.required), "choices": None}
+        if p.is_flag:
+            if not getattr(p, "is_bool_flag", False):
+                continue  # flag_value options: not a yes/no
+            if p.secondary_opts:
+                flag.update(kind="switch", off_arg=p.secondary_opts[0])
+            else:
+                flag["kind"] = "store_true"
+            flag["default"] = bool(flag["default"])
         else:
-            ftype = "string"
-        choices = list(a.choices) if a.choices else None
-        flags.append({"name": longs[0][2:], "arg": longs[0], "kind": kind,
-                      "type": ftype, "default": default,
-                      "help": a.help or "", "choices": choices})
+            choices = getattr(p.type, "choices", None)
+            if choices:
+                flag["choices"] = _json_default(list(choices))
+            declared = _CLICK_TYPES.get(p.type.name)
+            if declared != "boolean":  # click reads yes and no itself
+                _set_value_type(flag, declared, p.nargs)
+        flags.append(flag)
     return flags
 
 
@@ -3417,29 +3519,24 @@ def _record_start(run, record):
 
 def _script_words(attrs):
     """The words of a script run's process (section 11) and the command
-    that the script sees: [python, SCRIPT, ARG...]."""
+    that the script sees: [python, SCRIPT, ARG...].
+
+    A globals-style script's flags replace its assignments; flags it does
+    not assign (--force-flags) are passed as arguments, as are an
+    argparse or click script's (see _flag_args).
+    """
     op = attrs["op"]
     flags = attrs.get("flags") or {}
     script = op["script"]
-    if op.get("flags_mode") == "globals":
-        return ["run", json.dumps(flags), script], [sys.executable, script]
-    args = []
     flagdefs = op.get("flagdefs") or {}
-    for name in sorted(flags):
-        val = flags[name]
-        fd = flagdefs.get(name, {})
-        arg = fd.get("arg", "--" + name)
-        kind = fd.get("kind", "store")
-        if kind == "store_true":
-            if val:
-                args.append(arg)
-        elif kind == "store_false":
-            if not val:
-                args.append(arg)
-        elif val is not None:  # --msg=-x: a value may start with '-'
-            args.append("%s=%s" % (arg, val if isinstance(val, str)
-                                   else encode_flag_val(val)))
-    return ["run", "{}", script] + args, [sys.executable, script] + args
+    replace = {}
+    if op.get("flags_mode") == "globals":
+        replace = {n: v for n, v in flags.items() if n in flagdefs}
+        flags = {n: v for n, v in flags.items() if n not in flagdefs}
+        flagdefs = {}
+    args = _flag_args(flags, flagdefs)
+    return (["run", json.dumps(replace), script] + args,
+            [sys.executable, script] + args)
 
 
 def _run_script(run, attrs, gpus, record):

@@ -705,10 +705,10 @@ class FlagStylesTest(GuildTestCase):
         self.assertNotIn("verbose", flags)
         out = self.run_ok("styles.py", "req=x", "aug=no", "layers=8 4 2",
                           "mixed=no", "b=5", "learning-rate=0.3",
-                          "pair=c -d")
+                          "pair=c d")
         self.assertEqual(out, "[('aug', False), ('b', 5), ('layers', "
                               "[8, 4, 2]), ('mixed', False), ('opt', "
-                              "'sgd'), ('pair', ['c', '-d']), ('rate', "
+                              "'sgd'), ('pair', ['c', 'd']), ('rate', "
                               "0.3), ('req', 'x'), ('verbose', None)]\n")
         out = self.run_ok("styles.py", "req=y", "aug=yes", "mixed=yes",
                           "layers=7")
