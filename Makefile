@@ -12,6 +12,7 @@ test:
 # Performance workloads against their targets (see README).
 bench:
 	$(PYTHON) samples/bench/bench.py
+	$(PYTHON) samples/bench/tpe_bench.py
 
 # Python 3.8 compatibility (needs `pip install vermin`).
 lint:
