@@ -1839,41 +1839,73 @@ def _run_attempts(run):
             for n in numbers]
 
 
-def _run_info_items(run):
-    """A run's attributes as (name, text) pairs, as `runs info` shows
-    them: id, operation, status, why (if unrecorded), times, label ..."""
+def _run_info(run):
+    """What `runs info` shows of a run, as JSON-ready values: the keys of
+    `runs info --json` (documented in the README; new keys may come, none
+    goes)."""
     attrs = run._attrs()
     proc = _read_json(run.guild_path(PROC_ATTRS)) or {}
     exit_attrs = _read_json(run.guild_path(EXIT_ATTRS)) or {}
-    items = [("id", run.id), ("operation", _op_desc(attrs)),
-             ("from", attrs.get("project") or ""), ("status", run.status)]
-    reason = _status_reason(run)
-    if reason:
-        items.append(("reason", reason))
-    items += [
-        ("started", _format_time(proc.get("started"))),
-        ("stopped", _format_time(exit_attrs.get("stopped"))),
-        ("label", attrs.get("label") or ""),
-        ("run_dir", run.dir),
-        ("command", " ".join(proc.get("command") or [])),
-        ("exit_status", "" if exit_attrs.get("exit_status") is None
-         else str(exit_attrs["exit_status"])),
-        ("pid", str(proc.get("pid") or "")),
-        ("host", proc.get("host") or ""),
-    ]
-    if proc.get("slurm"):
-        items.append(("slurm", _slurm_task_name(proc["slurm"])))
-    if attrs.get("batch"):
-        items.append(("batch", attrs["batch"]))
-    attempts = _run_attempts(run)
-    if attempts:
-        items.append(("attempts", "%d (%d interrupted)" % (
-            len(attempts) + 1, len(attempts))))
-        for n, attempt in enumerate(attempts, 1):
-            was = attempt.get("proc") or {}
-            items.append(("attempt %d" % n, "%s, %s, started %s on %s" % (
-                attempt.get("status"), attempt.get("reason"),
-                _format_time(was.get("started")), was.get("host", "?"))))
+    flags = attrs.get("flags") or {}
+    return {
+        "id": run.id,
+        "operation": _op_desc(attrs),
+        "from": attrs.get("project") or "",
+        "status": run.status,
+        "reason": _status_reason(run) or None,
+        "started": _format_time(proc.get("started")) or None,
+        "stopped": _format_time(exit_attrs.get("stopped")) or None,
+        "label": attrs.get("label") or "",
+        "tags": list(attrs.get("tags") or ()),
+        "marked": bool(attrs.get("marked")),
+        "run_dir": run.dir,
+        "command": list(proc.get("command") or ()),
+        "exit_status": exit_attrs.get("exit_status"),
+        "pid": proc.get("pid"),
+        "host": proc.get("host"),
+        "slurm": _slurm_task_name(proc["slurm"]) if proc.get("slurm")
+        else None,
+        "batch": attrs.get("batch"),
+        "attempts": [{"status": a.get("status"), "reason": a.get("reason"),
+                      "started": _format_time((a.get("proc") or {})
+                                              .get("started")) or None,
+                      "host": (a.get("proc") or {}).get("host")}
+                     for a in _run_attempts(run)],
+        "flags": {n: flags[n] for n in sorted(flags)},
+        "scalars": dict(sorted(_run_scalar_stats(run.dir)[0].items())),
+        "comments": [{"body": c.get("body", ""), "user": c.get("user", ""),
+                      "host": c.get("host", ""), "time": c.get("time")}
+                     for c in attrs.get("comments") or ()],
+    }
+
+
+_INFO_PARTS = ("flags", "scalars", "comments")  # shown below the items
+
+
+def _run_info_items(run, info=None):
+    """A run's attributes as (name, text) pairs, as `runs info` shows
+    them: id, operation, status, why (if unrecorded), times, label ...
+    (info is _run_info(run) if already read)."""
+    info = info or _run_info(run)
+    items = []
+    for key, val in info.items():
+        if key in _INFO_PARTS or (key in ("reason", "batch", "slurm",
+                                          "attempts") and not val):
+            continue
+        if key == "attempts":
+            items.append(("attempts", "%d (%d interrupted)" % (
+                len(val) + 1, len(val))))
+            items += [("attempt %d" % n, "%s, %s, started %s on %s" % (
+                a["status"], a["reason"], a["started"] or "",
+                a["host"] or "?")) for n, a in enumerate(val, 1)]
+            continue
+        if isinstance(val, bool):
+            text = "yes" if val else "no"
+        elif isinstance(val, list):
+            text = " ".join(val)
+        else:
+            text = "" if val is None else str(val)
+        items.append((key, text))
     return items
 
 
@@ -2432,8 +2464,9 @@ def _other_runs_running():
 
 _SUMMARY_FIELDS = ("id", "op", "kind", "label", "created", "started",
                    "stopped", "exit_status", "batch", "status", "mtime",
-                   "seen", "flags", "scalars")
-_SUMMARY_CACHE_VERSION = 4
+                   "seen", "flags", "scalars", "step", "tags", "comments",
+                   "marked")
+_SUMMARY_CACHE_VERSION = 5
 
 
 def _run_summary(run_id, run_dir, mtime, now):
@@ -2452,8 +2485,20 @@ def _run_summary(run_id, run_dir, mtime, now):
         "exit_status": exit_attrs.get("exit_status"),
         "batch": attrs.get("batch"), "status": run_status(run_dir),
         "mtime": mtime, "seen": now, "flags": attrs.get("flags") or {},
-        "scalars": _last_scalars(run_dir),
+        "tags": attrs.get("tags") or [],
+        "comments": [c.get("body", "") for c in attrs.get("comments") or ()],
+        "marked": bool(attrs.get("marked")),
+        **_scalar_summary(run_dir),
     }
+
+
+def _scalar_summary(run_dir):
+    """The last value of each scalar, and the step of the latest one."""
+    stats = _run_scalar_stats(run_dir)[0]
+    latest = max(stats.values(), key=lambda st: st["time"] or 0,
+                 default=None)
+    return {"scalars": {k: st["last"] for k, st in stats.items()},
+            "step": latest["step"] if latest else None}
 
 
 # The listing cache as last parsed in this process, with the stat that
@@ -2521,7 +2566,7 @@ def run_summaries(runs_dir=None):
                 dirty = dirty or now - mtime >= _RACY_NS
             elif summary["status"] in ("running", "pending"):
                 summary["status"] = run_status(entry.path)
-                summary["scalars"] = _last_scalars(entry.path)
+                summary.update(_scalar_summary(entry.path))
             summaries.append(summary)
     if dirty or len(summaries) != len(entries):
         try:
@@ -2550,19 +2595,25 @@ def _runs_of(summaries, runs_dir):
 class RunFilter:
     """Which runs a command applies to, in Guild AI's filter words.
 
-    operation and label match substrings; statuses is a set of status
-    names; started is a range such as `today`, `last 2 hours`,
-    `after 2026-11-01`; batch is a batch run id (its trials).
+    operation, label and comment match substrings (label `-` is
+    unlabeled); statuses is a set of status names; started is a range
+    such as `today`, `last 2 hours`, `after 2026-11-01`; batch is a batch
+    run id (its trials); tags match runs with any of them; marked is
+    True (marked runs), False (unmarked) or None.
     """
 
     def __init__(self, operation=None, label=None, unlabeled=False,
-                 statuses=(), started=None, batch=None):
+                 statuses=(), started=None, batch=None, tags=(),
+                 comment=None, marked=None):
         self.operation = operation
-        self.label = label
-        self.unlabeled = unlabeled
+        self.label = None if label == "-" else label
+        self.unlabeled = unlabeled or label == "-"
         self.statuses = set(statuses)
         self.started = parse_time_range(started) if started else None
         self.batch = batch
+        self.tags = set(tags or ())
+        self.comment = comment
+        self.marked = marked
 
     def matches(self, x):
         """True if summary x passes every filter."""
@@ -2571,11 +2622,20 @@ class RunFilter:
         if self.label and self.label not in x["label"]:
             return False
         if self.unlabeled and x["label"] not in (
-                "", _default_label(x.get("flags") or {})):
+                "", _default_label(x.get("flags") or {},
+                                   x.get("tags") or ())):
             return False
         if self.statuses and x["status"] not in self.statuses:
             return False
         if self.batch and x.get("batch") != self.batch:
+            return False
+        if self.tags and not self.tags.intersection(x.get("tags") or ()):
+            return False
+        if self.comment and not any(self.comment.lower() in c.lower()
+                                    for c in x.get("comments") or ()):
+            return False
+        if self.marked is not None and bool(x.get("marked")) != \
+                self.marked:
             return False
         if self.started:
             ts = x["started"] or x["created"] or 0
@@ -2935,8 +2995,10 @@ def _init_run(run_dir, attrs, staged, source_root=None, source_files=()):
     return run
 
 
-def _default_label(flags):
-    return format_flags({k: v for k, v in flags.items() if v is not None})
+def _default_label(flags, tags=()):
+    """The label of a run given none: its tags, then its flags."""
+    return " ".join(list(tags) + [format_flags(
+        {k: v for k, v in flags.items() if v is not None})]).strip()
 
 
 def _print_staged(run, run_dir_given):
@@ -3811,12 +3873,13 @@ def init_trial_run(batch_run, trial_flag_vals, run_dir=None):
     flags = dict(proto.get("flags") or {})
     flags.update(trial_flag_vals)
     label = proto.get("label")
+    tags = attrs.get("tags") or []
     trial_attrs = {
         "op": proto["op"], "flags": flags,
         "label": render_label(label, flags) if label is not None
-        else _default_label(flags),
+        else _default_label(flags, tags),
         "batch": batch_run.id, "gpus": attrs.get("gpus"),
-        "project": attrs.get("project")}
+        "project": attrs.get("project"), "tags": tags}
     run_dir = run_dir or os.path.join(_runs_dir(), mkid())
     return _init_run(run_dir, trial_attrs, staged=True,
                      source_root=batch_run.dir,
@@ -4874,33 +4937,43 @@ def _slurm_submit(run_ids, opts, dry_run=False):
 
 COMPARE_BASE_COLS = ("run", "operation", "started", "time", "status",
                      "label")
+# What `.NAME` column specs name: the base columns and these.
+COMPARE_ATTRS = COMPARE_BASE_COLS + (
+    "id", "created", "stopped", "exit_status", "batch", "step", "tags",
+    "comments", "marked")
+SCALAR_QUALIFIERS = ("last", "first", "min", "max", "avg", "total",
+                     "count")
+SYSTEM_SCALAR_PREFIX = "sys/"
 
 
-def compare_rows(summaries):
-    """(columns, rows) comparing runs: the base columns, every flag, then
-    the last value of every scalar; a row is a dict, None where a run
-    lacks a column. Times are seconds; started is `YYYY-MM-DD HH:MM:SS`.
+def compare_rows(summaries, all_scalars=False):
+    """(columns, rows) comparing runs: the base columns, every flag, the
+    step of the last scalar, then the last value of every scalar (but
+    system ones, `sys/...`, unless all_scalars); a row is a dict, None
+    where a run lacks a column. Times are seconds; started is
+    `YYYY-MM-DD HH:MM:SS`.
     """
     flag_names = sorted({n for x in summaries for n in x["flags"]})
     run_scalars = [_compare_scalars(x["scalars"]) for x in summaries]
-    scalar_names = sorted({n for scalars in run_scalars for n in scalars})
-    taken = set(COMPARE_BASE_COLS) | set(flag_names)
+    scalar_names = sorted({n for scalars in run_scalars for n in scalars
+                           if all_scalars or not
+                           n.startswith(SYSTEM_SCALAR_PREFIX)})
+    step_cols = ["step"] if scalar_names and "step" not in flag_names \
+        else []
+    taken = set(COMPARE_BASE_COLS) | set(flag_names) | set(step_cols)
     scalar_cols = [("scalar:" + n if n in taken else n, n)
                    for n in scalar_names]
-    columns = list(COMPARE_BASE_COLS) + flag_names + [c for c, _ in
-                                                      scalar_cols]
+    columns = list(COMPARE_BASE_COLS) + flag_names + step_cols + [
+        c for c, _ in scalar_cols]
     now = _timestamp()
     rows = []
     for x, scalars in zip(summaries, run_scalars):
-        started = x["started"]
-        end = x["stopped"] or (now if x["status"] == "running" else None)
-        row = {"run": x["id"][:SHORT_ID_LEN], "operation": x["op"],
-               "started": _format_time(started) or None,
-               "time": round((end - started) / 1e6, 3)
-               if started and end else None,
-               "status": x["status"], "label": x["label"]}
+        row = {name: _attr_value(x, name, now) for name in
+               COMPARE_BASE_COLS}
         for name in flag_names:
             row[name] = x["flags"].get(name)
+        if step_cols:
+            row["step"] = x.get("step")
         for col, name in scalar_cols:
             row[col] = scalars.get(name)
         rows.append(row)
@@ -4919,6 +4992,144 @@ def _compare_scalars(scalars):
     return {key if tags[key.rpartition("#")[2]] > 1
             else key.rpartition("#")[2]: val
             for key, val in scalars.items()}
+
+
+def _attr_value(x, name, now):
+    """Attribute name (one of COMPARE_ATTRS) of run summary x."""
+    if name == "run":
+        return x["id"][:SHORT_ID_LEN]
+    if name == "operation":
+        return x["op"]
+    if name in ("started", "created", "stopped"):
+        return _format_time(x[name]) or None
+    if name == "time":
+        started = x["started"]
+        end = x["stopped"] or (now if x["status"] == "running" else None)
+        return round((end - started) / 1e6, 3) if started and end else None
+    if name in ("tags", "comments"):
+        return " ".join(x.get(name) or ()) or None
+    return x.get(name)
+
+
+def _parse_colspec(text):
+    """A compare column spec as a dict (header, kind, name, qualifier,
+    step): `=flag`, `.attribute`, `[QUALIFIER] scalar [step]`, any of
+    them followed by `as HEADER`. A bare name is a column of the table
+    if there is one (`lr` is the flag lr), else a scalar."""
+    spec, _, header = text.partition(" as ")
+    words = spec.split()
+    header = header.strip().strip("'\"")
+    if not words:
+        raise UsageError("empty column spec in '%s'" % text)
+    if words[0].startswith(("=", ".")) and len(words) == 1:
+        kind = "flag" if words[0][0] == "=" else "attr"
+        name = words[0][1:]
+        if kind == "attr" and name not in COMPARE_ATTRS:
+            raise UsageError("unknown attribute '.%s' (attributes: %s)"
+                             % (name, ", ".join(COMPARE_ATTRS)))
+        return {"header": header or name, "kind": kind, "name": name,
+                "qualifier": None, "step": False}
+    qualifier = words.pop(0) if len(words) > 1 and \
+        words[0] in SCALAR_QUALIFIERS else None
+    step = len(words) > 1 and words[-1] == "step"
+    if step:
+        words.pop()
+    if len(words) != 1:
+        raise UsageError("invalid column spec '%s': use =FLAG, .ATTR or "
+                         "[last|first|min|max|avg|total|count] SCALAR "
+                         "[step], then optionally 'as HEADER'" % text)
+    kind = "scalar" if qualifier or step else "column"
+    return {"header": header or " ".join(spec.split()), "kind": kind,
+            "name": words[0], "qualifier": qualifier, "step": step}
+
+
+def _parse_colspecs(text):
+    return [_parse_colspec(part) for part in text.split(",")
+            if part.strip()]
+
+
+def _colspec_values(spec, summaries, columns, rows, runs_dir):
+    """The value of column spec for each run (summaries and their rows
+    from compare_rows, in order)."""
+    kind, name = spec["kind"], spec["name"]
+    if kind == "column" and name in columns:
+        return [row.get(name) for row in rows]
+    if kind == "flag":
+        return [x["flags"].get(name) for x in summaries]
+    if kind == "attr":
+        now = _timestamp()
+        return [_attr_value(x, name, now) for x in summaries]
+    if kind == "column":
+        if not any(name in x["scalars"] for x in summaries):
+            raise UsageError("unknown column '%s' (columns: %s)"
+                             % (name, ", ".join(columns)))
+        return [x["scalars"].get(name) for x in summaries]
+    return [_scalar_value(read_scalars(os.path.join(runs_dir, x["id"])),
+                          name, spec["qualifier"] or "last", spec["step"])
+            for x in summaries]
+
+
+def _scalar_value(records, key, qualifier, step):
+    """A run's scalar key reduced by qualifier (last, min, ...), or with
+    step the step of that value; None if the run never logged key."""
+    found = [(val, st) for k, val, st, _ts in records if k == key]
+    if not found:
+        return None
+    if qualifier in ("count", "total", "avg"):
+        if step:
+            return found[-1][1]
+        vals = [v for v, _ in found]
+        return {"count": len(vals), "total": sum(vals),
+                "avg": sum(vals) / len(vals)}[qualifier]
+    pick = {"last": found[-1], "first": found[0],
+            "min": min(found, key=lambda f: f[0]),
+            "max": max(found, key=lambda f: f[0])}[qualifier]
+    return pick[1] if step else pick[0]
+
+
+def compare_table(summaries, runs_dir, cols=None, strict_cols=None,
+                  all_scalars=False, skip_core=False, skip_unchanged=False):
+    """(columns, rows) as `guild compare` shows them: compare_rows, with
+    cols (column specs, comma-separated) added, or only strict_cols;
+    skip_core drops the base columns but run, skip_unchanged the
+    columns whose value is the same in every row (of two or more)."""
+    columns, rows = compare_rows(summaries, all_scalars)
+    if cols and strict_cols:
+        raise UsageError("--cols and --strict-cols cannot be used "
+                         "together")
+    if strict_cols:
+        specs = _parse_colspecs(strict_cols)
+        shown = [{"run": row["run"]} for row in rows]
+        extra = _colspec_columns(specs, summaries, columns, rows, runs_dir,
+                                 shown)
+        columns, rows = ["run"] + [c for c in extra if c != "run"], shown
+    elif cols:
+        specs = _parse_colspecs(cols)
+        extra = _colspec_columns(specs, summaries, columns, rows, runs_dir,
+                                 rows)
+        columns += [c for c in extra if c not in columns]
+    if skip_core:
+        columns = [c for c in columns if c == "run" or
+                   c not in COMPARE_BASE_COLS]
+    if skip_unchanged and len(rows) > 1:
+        columns = [c for c in columns if c == "run" or
+                   len({json.dumps(r.get(c), sort_keys=True)
+                        for r in rows}) > 1]
+    return columns, rows
+
+
+def _colspec_columns(specs, summaries, columns, rows, runs_dir, into):
+    """Add each spec's values to the rows into (a value already there
+    stays, as Guild AI merges columns of one name); return the specs'
+    headers. columns and rows are compare_rows's."""
+    headers = []
+    for spec in specs:
+        values = _colspec_values(spec, summaries, columns, rows, runs_dir)
+        for row, val in zip(into, values):
+            if row.get(spec["header"]) is None:
+                row[spec["header"]] = val
+        headers.append(spec["header"])
+    return headers
 
 
 def _sort_rows(rows, column, descending):
@@ -6118,16 +6329,18 @@ def run_attrs(opspec, flags=None, cwd=None, label=None, optimizer=None,
               max_trials=None, random_seed=None, batch_files=(),
               stage_trials=False, fail_on_trial_error=False, gpus=None,
               force_flags=False, minimize=None, maximize=None,
-              opt_flags=None):
+              opt_flags=None, tags=()):
     """The attributes of a new run of opspec (a batch run if the flags
     hold lists, ranges or distributions, or batch_files or an optimizer
     are given). Validates everything; creates nothing.
 
-    flags maps names to command line text (`"0.1"`, `"[a,b]"`) or values.
-    A batch judges its trials by the scalar minimize or maximize names
-    (default: minimize loss); opt_flags maps the optimizer's settings
-    (tpe: random-starts, in-flight) to values.
+    flags maps names to command line text (`"0.1"`, `"[a,b]"`) or values;
+    tags (a list) go to the run, and a batch's trials. A batch judges its
+    trials by the scalar minimize or maximize names (default: minimize
+    loss); opt_flags maps the optimizer's settings (tpe: random-starts,
+    in-flight) to values.
     """
+    tags = list(tags or ())
     cwd = os.path.abspath(cwd or os.getcwd())
     op = _resolve_op(opspec, cwd)
     raw = {name: val if isinstance(val, str) else encode_flag_val(val)
@@ -6150,9 +6363,9 @@ def run_attrs(opspec, flags=None, cwd=None, label=None, optimizer=None,
                              "batches (as do --minimize, --maximize and "
                              "--opt-flag): give a flag a list or a range")
         attrs = {"op": op, "flags": flag_vals, "gpus": gpus,
-                 "project": op.get("project"),
+                 "project": op.get("project"), "tags": tags,
                  "label": render_label(label, flag_vals)
-                 if label is not None else _default_label(flag_vals)}
+                 if label is not None else _default_label(flag_vals, tags)}
         if slurm:
             attrs["slurm"] = slurm
         return attrs
@@ -6189,7 +6402,8 @@ def run_attrs(opspec, flags=None, cwd=None, label=None, optimizer=None,
     if random_seed is None:
         random_seed = random.SystemRandom().randrange(2 ** 31)
     return {"op": {"kind": "batch", "name": optimizer}, "flags": {},
-            "label": label or "", "stage_trials": bool(stage_trials),
+            "label": label or " ".join(tags),
+            "stage_trials": bool(stage_trials), "tags": tags,
             "gpus": gpus, "project": op.get("project"),
             "max_trials": max_trials, "random_seed": random_seed,
             "batch_rows": rows or None,
@@ -6337,9 +6551,21 @@ def _add_filter_args(p):
     g.add_argument("-Fo", "--operation", dest="filter_op", metavar="VAL",
                    help="runs whose operation contains VAL")
     g.add_argument("-Fl", "--label", dest="filter_label", metavar="VAL",
-                   help="runs whose label contains VAL")
+                   help="runs whose label contains VAL (- for unlabeled)")
     g.add_argument("-Fu", "--unlabeled", action="store_true",
                    help="runs with no label but their flags")
+    g.add_argument("-Ft", "--tag", dest="filter_tags", metavar="TAG",
+                   action="append", help="runs tagged TAG (may be "
+                   "repeated: any of them)")
+    g.add_argument("-Fc", "--comment", dest="filter_comment", metavar="VAL",
+                   help="runs with a comment containing VAL (any case)")
+    marks = g.add_mutually_exclusive_group()
+    marks.add_argument("-Fm", "--marked", dest="filter_marked",
+                       action="store_const", const=True,
+                       help="marked runs")
+    marks.add_argument("-Fn", "--unmarked", dest="filter_marked",
+                       action="store_const", const=False,
+                       help="runs not marked")
     g.add_argument("-Fs", "--started", dest="filter_started",
                    metavar="RANGE", help="runs started in RANGE: today, "
                    "'last 2 hours', 'after 2026-11-01', 'between 9:00 and "
@@ -6377,7 +6603,8 @@ def _filter_from_args(args, summaries):
         batch = _select_one(args.batch,
                             _runs_of(summaries, _runs_dir())).id
     return RunFilter(args.filter_op, args.filter_label, args.unlabeled,
-                     statuses, args.filter_started, batch)
+                     statuses, args.filter_started, batch, args.filter_tags,
+                     args.filter_comment, args.filter_marked)
 
 
 def _select_or_all(args, deleted=False, latest=False):
@@ -6468,6 +6695,9 @@ def _build_run_parser(p):
                    help="do not ask for confirmation")
     p.add_argument("-l", "--label", help="the run's label; ${flag} is "
                    "replaced by the flag's value")
+    p.add_argument("-t", "--tag", dest="tags", metavar="TAG",
+                   action="append", default=[], help="tag the run (may be "
+                   "repeated); the tags start its default label")
     p.add_argument("--stage", action="store_true",
                    help="stage the run to start later")
     p.add_argument("--start", metavar="RUN", help="start a staged run")
@@ -6536,7 +6766,8 @@ def _cmd_run(args):
         batch_files=batch_files, stage_trials=args.stage_trials,
         fail_on_trial_error=args.fail_on_trial_error, gpus=args.gpus,
         force_flags=args.force_flags, minimize=args.minimize,
-        maximize=args.maximize, opt_flags=_parse_opt_flags(args.opt_flags))
+        maximize=args.maximize, opt_flags=_parse_opt_flags(args.opt_flags),
+        tags=args.tags)
     if args.print_trials:
         _print_trials(attrs)
         return 0
@@ -6635,7 +6866,8 @@ def _update_flags(run, raw_flags, force):
             isinstance(v, (list, dict)) for v in changed.values()):
         raise FlagError("a restart cannot make a run a batch: stage or run "
                         "a new batch instead")
-    old_default = _default_label(target["flags"])
+    tags = attrs.get("tags") or ()
+    old_default = _default_label(target["flags"], tags)
     target["flags"] = dict(target["flags"], **changed)
     if "proto" in attrs:
         target["given"] = sorted(set(target.get("given") or ()) |
@@ -6645,17 +6877,94 @@ def _update_flags(run, raw_flags, force):
             raise FlagError("grid search cannot sample %s: restart with a "
                             "list or range[...]" % encode_flag_val(dists[0]))
     elif attrs.get("label") == old_default:
-        attrs["label"] = _default_label(target["flags"])
+        attrs["label"] = _default_label(target["flags"], tags)
     _write_json(run.guild_path(RUN_ATTRS), attrs)
+
+
+def _best_trial_lines(batch_run, attrs):
+    """A batch's best trial by its objective, and that trial's flags."""
+    scalar, maximize = _objective(attrs)
+    trials = _batch_trial_summaries(batch_run)
+    best = _best_trial(trials, scalar, maximize)
+    if best is None:
+        return ["best_trial: (no trial with %s)" % scalar]
+    n, x = best
+    return ["best_trial: %s (trial %d of %d, %s %s)" % (
+        x["id"], n, len(trials), scalar, _num(x["scalars"][scalar])),
+        "best_flags:"] + ["  %s: %s" % (name, encode_flag_val(val))
+                          for name, val in sorted(x["flags"].items())]
+
+
+def _build_runs_info_parser(p):
+    p.description = "Show a run's attributes, flags and scalars."
+    p.add_argument("run", nargs="?", metavar="RUN",
+                   help="the run (default: the newest)")
+    p.add_argument("--scalar-stats", action="store_true",
+                   help="show each scalar's min, max and count too")
+    p.add_argument("--json", action="store_true",
+                   help="print the run's attributes as JSON")
+    _add_filter_args(p)
+
+
+@_command("runs info", "show a run's attributes", _build_runs_info_parser)
+def _cmd_runs_info(args):
+    run = _select_one(args.run or "1", _listing(args)[1])
+    info = _run_info(run)
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=False))
+        return 0
+    lines = _info_lines(run, info, args.scalar_stats)
+    attrs = run._attrs()
+    if attrs["op"].get("kind") == "batch":
+        lines += _best_trial_lines(run, attrs)
+    print("\n".join(lines))
+    return 0
+
+
+def _info_lines(run, info, with_stats=False):
+    """runs info's text: the attributes, flags, scalars and comments."""
+    lines = [("%s: %s" % item).rstrip() for item in
+             _run_info_items(run, info)]
+    lines.append("flags:")
+    lines += ["  %s: %s" % (n, encode_flag_val(v))
+              for n, v in info["flags"].items()]
+    lines.append("scalars:")
+    lines += ["  %s: %s" % (k, _scalar_text(st, with_stats))
+              for k, st in info["scalars"].items()]
+    lines += ["  (%s is damaged at byte %d: its later scalars are not read)"
+              % (rel, offset) for rel, offset in
+              _run_scalar_stats(run.dir)[1]]
+    lines += ["comments:"] if info["comments"] else []
+    lines += ["  [%d] %s@%s %s: %s" % (
+        i, c["user"], c["host"], _format_time(c["time"]),
+        " ".join(c["body"].split()))
+        for i, c in enumerate(info["comments"], 1)]
+    return lines
+
+
+def _scalar_text(st, with_stats):
+    if with_stats:
+        return "%s (min %s, max %s, step %s, %d values)" % (
+            _num(st["last"]), _num(st["min"]), _num(st["max"]), st["step"],
+            st["count"])
+    return "%s (step %s)" % (_num(st["last"]), st["step"])
 
 
 def _add_list_args(p):
     p.add_argument("-a", "--all", action="store_true", help="show all runs")
-    p.add_argument("-n", type=int, metavar="N",
+    p.add_argument("-n", "--limit", dest="n", type=int, metavar="N",
                    help="show the first N runs (default %d)"
+                   % DEFAULT_LIST_LIMIT)
+    p.add_argument("-m", "--more", action="count", default=0,
+                   help="show %d more runs (may be repeated: -mm)"
                    % DEFAULT_LIST_LIMIT)
     p.add_argument("-d", "--deleted", action="store_true",
                    help="list the deleted runs (the trash)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show each run's attributes under its row")
+    p.add_argument("--json", action="store_true",
+                   help="print the runs as a JSON list (every run the "
+                   "filters select)")
     _add_filter_args(p)
 
 
@@ -6675,66 +6984,35 @@ def _build_runs_list_parser(p):
           _build_runs_parser)
 @_command("runs list", "list runs (newest first)", _build_runs_list_parser)
 def _cmd_runs_list(args):
-    summaries, _runs = _listing(args, deleted=args.deleted)
-    limit = None if args.all else (args.n or DEFAULT_LIST_LIMIT)
+    summaries, runs = _listing(args, deleted=args.deleted)
+    if args.json:
+        print(json.dumps([_summary_json(x, run.dir) for x, run in
+                          zip(summaries, runs)], indent=2))
+        return 0
+    limit = None if args.all else (
+        (args.n or DEFAULT_LIST_LIMIT) + args.more * DEFAULT_LIST_LIMIT)
     shown = summaries if limit is None else summaries[:limit]
-    for line in _format_table(_summary_rows(shown)):
+    rows = _format_table(_summary_rows(shown))
+    for line, run in zip(rows, runs):
         print(line)
+        if args.verbose:
+            for item in _run_info_items(run):
+                print(("  %s: %s" % item).rstrip())
     if len(shown) < len(summaries):
         print("Showing the first %d runs (%d total) - use --all to show "
-              "all or -n to show more" % (len(shown), len(summaries)),
+              "all or -m to show more" % (len(shown), len(summaries)),
               file=sys.stderr)
     return 0
 
 
-def _build_runs_info_parser(p):
-    p.description = "Show a run's attributes, flags and scalars."
-    p.add_argument("run", nargs="?", metavar="RUN",
-                   help="the run (default: the newest)")
-    p.add_argument("--scalar-stats", action="store_true",
-                   help="show each scalar's min, max and count too")
-    _add_filter_args(p)
-
-
-@_command("runs info", "show a run's attributes", _build_runs_info_parser)
-def _cmd_runs_info(args):
-    run = _select_one(args.run or "1", _listing(args)[1])
-    lines = ["%s: %s" % item for item in _run_info_items(run)]
-    lines.append("flags:")
-    flags = run.flags
-    lines += ["  %s: %s" % (n, encode_flag_val(flags[n]))
-              for n in sorted(flags)]
-    lines.append("scalars:")
-    stats, damaged = _run_scalar_stats(run.dir)
-    for key, st in sorted(stats.items()):
-        if args.scalar_stats:
-            lines.append("  %s: %s (min %s, max %s, step %s, %d values)" % (
-                key, _num(st["last"]), _num(st["min"]), _num(st["max"]),
-                st["step"], st["count"]))
-        else:
-            lines.append("  %s: %s (step %s)" % (key, _num(st["last"]),
-                                                 st["step"]))
-    lines += ["  (%s is damaged at byte %d: its later scalars are not read)"
-              % (rel, offset) for rel, offset in damaged]
-    attrs = run._attrs()
-    if attrs["op"].get("kind") == "batch":
-        lines += _best_trial_lines(run, attrs)
-    print("\n".join(lines))
-    return 0
-
-
-def _best_trial_lines(batch_run, attrs):
-    """A batch's best trial by its objective, and that trial's flags."""
-    scalar, maximize = _objective(attrs)
-    trials = _batch_trial_summaries(batch_run)
-    best = _best_trial(trials, scalar, maximize)
-    if best is None:
-        return ["best_trial: (no trial with %s)" % scalar]
-    n, x = best
-    return ["best_trial: %s (trial %d of %d, %s %s)" % (
-        x["id"], n, len(trials), scalar, _num(x["scalars"][scalar])),
-        "best_flags:"] + ["  %s: %s" % (name, encode_flag_val(val))
-                          for name, val in sorted(x["flags"].items())]
+def _summary_json(x, run_dir):
+    """A run in `runs --json` (keys documented in the README)."""
+    return {"id": x["id"], "operation": x["op"], "status": x["status"],
+            "label": x["label"], "tags": x["tags"], "marked": x["marked"],
+            "created": x["created"], "started": x["started"],
+            "stopped": x["stopped"], "exit_status": x["exit_status"],
+            "batch": x["batch"], "run_dir": run_dir, "flags": x["flags"],
+            "scalars": x["scalars"], "step": x["step"]}
 
 
 def _build_stop_parser(p):
@@ -6824,6 +7102,15 @@ def _cmd_runs_purge(args):
                         lambda run: shutil.rmtree(run.dir), deleted=True)
 
 
+def _update_attrs(run, change):
+    """change(attrs) applied to the run's attributes and saved; under a
+    lock, so that two commands changing one run both count."""
+    with Lock("run-attrs", timeout=60):
+        attrs = run._attrs()
+        change(attrs)
+        _write_json(run.guild_path(RUN_ATTRS), attrs)
+
+
 def _build_label_parser(p):
     p.description = ("Change the labels of runs. ${flag} in VAL is replaced "
                      "by each run's flag value, ${label} by its label.")
@@ -6832,9 +7119,9 @@ def _build_label_parser(p):
     g.add_argument("-s", "--set", metavar="VAL", help="set the label")
     g.add_argument("-a", "--append", metavar="VAL", help="add VAL at the "
                    "end")
-    g.add_argument("-p", "--prepend", "--tag", metavar="VAL",
+    g.add_argument("-p", "--prepend", metavar="VAL",
                    help="add VAL at the start")
-    g.add_argument("-rm", "--remove", "--untag", metavar="VAL",
+    g.add_argument("-rm", "--remove", metavar="VAL",
                    action="append", help="remove the word(s) VAL (may be "
                    "repeated)")
     g.add_argument("-c", "--clear", action="store_true",
@@ -6851,8 +7138,7 @@ def _cmd_label(args):
                          "or --clear")
     (change, text), = changes
 
-    def relabel(run):
-        attrs = run._attrs()
+    def relabel(attrs):
         label = attrs.get("label") or ""
         if change == "remove":
             label = _remove_words(label, text)
@@ -6864,8 +7150,8 @@ def _cmd_label(args):
             label = {"set": value, "append": "%s %s" % (label, value),
                      "prepend": "%s %s" % (value, label)}[change].strip()
         attrs["label"] = label
-        _write_json(run.guild_path(RUN_ATTRS), attrs)
-    return _act_on_runs(args, "label", "Labeled", relabel, latest=True)
+    return _act_on_runs(args, "label", "Labeled",
+                        lambda run: _update_attrs(run, relabel), latest=True)
 
 
 def _remove_words(label, parts):
@@ -6875,21 +7161,177 @@ def _remove_words(label, parts):
     return " ".join(label.split())
 
 
+def _build_tag_parser(p):
+    p.description = ("Add or delete the tags of runs. Tags select runs "
+                     "with the filter -Ft TAG; runs info shows them.")
+    _add_runs_args(p, "tag", "the newest; ':' for all")
+    p.add_argument("-a", "--add", metavar="TAG", action="append",
+                   default=[], help="add TAG (may be repeated)")
+    p.add_argument("-d", "--delete", metavar="TAG", action="append",
+                   default=[], help="delete TAG (may be repeated)")
+    p.add_argument("-c", "--clear", action="store_true",
+                   help="delete every tag first")
+    p.add_argument("-s", "--sync-labels", action="store_true",
+                   help="add added tags to the label and take deleted "
+                   "ones out of it")
+    p.add_argument("--list-all", action="store_true",
+                   help="list the tags of the runs, changing nothing")
+
+
+@_command("tag", "add or delete run tags", _build_tag_parser)
+def _cmd_tag(args):
+    if args.list_all:
+        _summaries, selected = _select_or_all(args)
+        tags = {t for run in selected for t in run.get("tags") or ()}
+        for tag in sorted(tags):
+            print(tag)
+        return 0
+    if not (args.add or args.delete or args.clear):
+        raise UsageError("give --add, --delete, --clear or --list-all")
+
+    def retag(attrs):
+        old = list(attrs.get("tags") or ())
+        gone = set(old if args.clear else ()) | set(args.delete)
+        tags = [t for t in old if t not in gone]
+        tags += [t for t in args.add if t not in tags]
+        attrs["tags"] = tags
+        if args.sync_labels:
+            label = _remove_words(attrs.get("label") or "",
+                                  sorted(gone - set(tags)))
+            new = [t for t in args.add if t not in label.split()]
+            attrs["label"] = " ".join(new + [label]).strip()
+    return _act_on_runs(args, "tag", "Tagged",
+                        lambda run: _update_attrs(run, retag), latest=True)
+
+
+def _build_comment_parser(p):
+    p.description = ("Add, list or delete the comments of runs. runs info "
+                     "shows them; -Fc VAL selects runs by them.")
+    _add_runs_args(p, "comment", "the newest; ':' for all")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-a", "--add", metavar="COMMENT",
+                   help="add COMMENT")
+    g.add_argument("-l", "--list", action="store_true",
+                   help="list the comments, numbered")
+    g.add_argument("-d", "--delete", metavar="INDEX", type=int,
+                   help="delete comment INDEX (as --list numbers them)")
+    g.add_argument("-c", "--clear", action="store_true",
+                   help="delete every comment")
+    p.add_argument("-u", "--user", metavar="USER",
+                   help="the author of a new comment (USER or USER@HOST; "
+                   "default: you on this host)")
+
+
+@_command("comment", "add, list or delete run comments",
+          _build_comment_parser)
+def _cmd_comment(args):
+    if args.list:
+        _summaries, selected = _select_or_all(args, latest=True)
+        for run in selected:
+            _print_comments(run)
+        return 0
+    if args.add is not None:
+        if not args.add.strip():
+            raise UsageError("a comment cannot be empty")
+        user, _, host = (args.user or _user_name()).partition("@")
+        comment = {"body": args.add, "user": user, "host": host or HOST,
+                   "time": _timestamp()}
+        change = lambda attrs: attrs.setdefault("comments", []).append(
+            comment)
+    elif args.delete is not None:
+        def change(attrs):
+            comments = attrs.get("comments") or []
+            if not 1 <= args.delete <= len(comments):
+                raise UsageError("run %s has no comment %d (it has %d)" % (
+                    attrs.get("id", "")[:SHORT_ID_LEN], args.delete,
+                    len(comments)))
+            del comments[args.delete - 1]
+    elif args.clear:
+        def change(attrs):
+            attrs["comments"] = []
+    else:
+        raise UsageError("give --add COMMENT, --list, --delete INDEX or "
+                         "--clear (there is no editor)")
+    return _act_on_runs(args, "comment", "Changed the comments of",
+                        lambda run: _update_attrs(run, change), latest=True)
+
+
+def _user_name():
+    try:
+        import getpass
+        return getpass.getuser()
+    except (ImportError, KeyError, OSError):  # no user name to be had
+        return ""
+
+
+def _print_comments(run):
+    print("%s (%s):" % (run.short_id, run.op_desc))
+    for i, c in enumerate(run.get("comments") or (), 1):
+        print("  [%d] %s@%s %s" % (i, c.get("user", ""), c.get("host", ""),
+                                   _format_time(c.get("time"))))
+        for line in c.get("body", "").splitlines():
+            print("    " + line)
+
+
+def _build_mark_parser(p):
+    p.description = ("Mark runs (the newest unmarked one by default), or "
+                     "with --clear unmark them (every marked one by "
+                     "default). -Fm and -Fn select marked and unmarked "
+                     "runs.")
+    _add_runs_args(p, "mark", "see above")
+    p.add_argument("-c", "--clear", action="store_true",
+                   help="unmark the runs")
+
+
+@_command("mark", "mark or unmark runs", _build_mark_parser)
+def _cmd_mark(args):
+    if not args.runs:  # as Guild AI: the newest unmarked, or all marked
+        args.filter_marked = bool(args.clear)
+
+    def mark(attrs):
+        attrs["marked"] = not args.clear
+    verb, done = ("unmark", "Unmarked") if args.clear else ("mark",
+                                                              "Marked")
+    return _act_on_runs(args, verb, done,
+                        lambda run: _update_attrs(run, mark),
+                        latest=not args.clear)
+
+
 def _build_compare_parser(p):
-    p.description = ("A table of runs: run, operation, started, time, "
-                     "status, label, each flag and the last value of each "
-                     "scalar (output lines such as 'loss: 0.31').")
+    p.description = (
+        "A table of runs: run, operation, started, time, status, label, "
+        "each flag, the step of the last scalar and the last value of each "
+        "scalar (output lines such as 'loss: 0.31'). Batch runs are left "
+        "out unless --include-batch. COLS is a comma-separated list of "
+        "column specs: =FLAG, .ATTR (%s), [QUALIFIER] SCALAR [step] "
+        "(QUALIFIER: %s; 'step' gives the step of that value), or a "
+        "column's name; each may end with 'as HEADER'."
+        % (", ".join(COMPARE_ATTRS), ", ".join(SCALAR_QUALIFIERS)))
     p.add_argument("runs", nargs="*", metavar="RUN",
                    help="runs to compare (default: all)")
-    p.add_argument("--csv", metavar="PATH",
-                   help="write CSV to PATH (- for standard output)")
+    p.add_argument("-c", "--cols", "--columns", metavar="COLS",
+                   help="add these columns")
     p.add_argument("-cc", "--strict-cols", metavar="COLS",
-                   help="show only these comma-separated columns")
+                   help="show only these columns (and run)")
+    p.add_argument("-s", "--all-scalars", action="store_true",
+                   help="include system scalars (sys/...)")
+    p.add_argument("-r", "--skip-core", action="store_true",
+                   help="leave out the columns operation, started, time, "
+                   "status and label")
+    p.add_argument("-u", "--skip-unchanged", action="store_true",
+                   help="leave out columns whose value is the same in "
+                   "every run")
+    p.add_argument("--include-batch", action="store_true",
+                   help="include batch runs")
     p.add_argument("--min", metavar="COL", help="sort by COL, lowest first")
     p.add_argument("--max", metavar="COL",
                    help="sort by COL, highest first")
-    p.add_argument("-n", "--top", type=int, metavar="N",
+    p.add_argument("-n", "--top", "--limit", type=int, metavar="N",
                    help="show the first N runs")
+    p.add_argument("-t", "--table", action="store_true",
+                   help="print a table (the default)")
+    p.add_argument("--csv", metavar="PATH",
+                   help="write CSV to PATH (- for standard output)")
     _add_filter_args(p)
 
 
@@ -6900,21 +7342,18 @@ def _cmd_compare(args):
     if args.runs:
         wanted = {r.id for r in select_runs(args.runs, runs)}
         summaries = [x for x in summaries if x["id"] in wanted]
-    columns, rows = compare_rows(summaries)
-    if args.strict_cols:
-        picked = [c.strip() for c in args.strict_cols.split(",") if
-                  c.strip()]
-        unknown = [c for c in picked if c not in columns]
-        if unknown:
-            raise UsageError("unknown column '%s' (columns: %s)"
-                             % (unknown[0], ", ".join(columns)))
-        columns = ["run"] + [c for c in picked if c != "run"]
+    if not args.include_batch:
+        summaries = [x for x in summaries if x["kind"] != "batch"]
+    columns, rows = compare_table(
+        summaries, _runs_dir(), args.cols, args.strict_cols,
+        args.all_scalars, args.skip_core, args.skip_unchanged)
     if args.min and args.max:
         raise UsageError("--min and --max cannot be used together")
     sort_col = args.min or args.max
     if sort_col:
-        if sort_col not in columns and not any(sort_col in r for r in rows):
-            raise UsageError("unknown column '%s'" % sort_col)
+        if sort_col not in columns:
+            raise UsageError("unknown column '%s' (columns: %s)"
+                             % (sort_col, ", ".join(columns)))
         rows = _sort_rows(rows, sort_col, descending=bool(args.max))
     if args.top is not None:
         rows = rows[:args.top]
@@ -6930,6 +7369,94 @@ def _cmd_compare(args):
     for line in _format_table(table):
         print(line)
     return 0
+
+
+def _build_select_parser(p):
+    p.description = (
+        "Print the id of the newest run the filters select, or with --min "
+        "or --max COL of the run with the lowest or highest COL among the "
+        "runs that have it (COL is a compare column spec, such as loss, "
+        "'max acc' or =lr). For scripts: guild run --restart $(guild "
+        "select -Fo train.py --min loss).")
+    p.add_argument("runs", nargs="*", metavar="RUN",
+                   help="runs to choose from (default: every run the "
+                   "filters select)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--min", "-min", metavar="COL",
+                   help="the run with the lowest COL")
+    g.add_argument("--max", "-max", metavar="COL",
+                   help="the run with the highest COL")
+    p.add_argument("-A", "--all", action="store_true",
+                   help="print every selected run (best first with --min "
+                   "or --max)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("-s", "--short-id", action="store_true",
+                     help="print the short id")
+    out.add_argument("-p", "--path", "--dir", action="store_true",
+                     help="print the run directory")
+    out.add_argument("-a", "--attr", metavar="ATTR",
+                     help="print attribute ATTR (%s, flags ...)"
+                     % ", ".join(COMPARE_ATTRS))
+    _add_filter_args(p)
+
+
+@_command("select", "print the id of the newest or best matching run",
+          _build_select_parser)
+def _cmd_select(args):
+    summaries, runs = _listing(args)
+    if args.runs:
+        chosen = {r.id for r in select_runs(args.runs, runs)}
+        summaries = [x for x in summaries if x["id"] in chosen]
+    if not summaries:
+        raise RunError("no matching runs")
+    col = args.min or args.max
+    if col:
+        summaries = _best_first(summaries, col, bool(args.max))
+        if not summaries:
+            raise RunError("no run has a value for '%s'" % col)
+    if len(summaries) > 1 and args.runs and not (args.all or col):
+        raise RunError("%s match %d runs: give one, or use --all"
+                       % (" ".join(args.runs), len(summaries)))
+    runs_dir = _runs_dir()
+    for x in summaries if args.all else summaries[:1]:
+        print(_selected_text(args, x, Run(x["id"], os.path.join(
+            runs_dir, x["id"]))))
+    return 0
+
+
+def _best_first(summaries, col, highest):
+    """The summaries that have a value for column spec col, best first
+    (ties: newest first)."""
+    spec = _parse_colspec(col)
+    columns, rows = compare_rows(summaries, all_scalars=True)
+    if spec["kind"] == "column" and spec["name"] not in columns:
+        spec["kind"] = "scalar"  # that no run has: none is the best
+    values = _colspec_values(spec, summaries, columns, rows, _runs_dir())
+    have = [(val, i) for i, val in enumerate(values) if isinstance(
+        val, (int, float)) and not isinstance(val, bool) and val == val]
+    have.sort(key=lambda vi: (-vi[0] if highest else vi[0], vi[1]))
+    return [summaries[i] for _val, i in have]
+
+
+def _selected_text(args, x, run):
+    if args.path:
+        return run.dir
+    if args.short_id:
+        return run.short_id
+    if args.attr:
+        val = _attr_value(x, args.attr, _timestamp()) if args.attr in \
+            COMPARE_ATTRS else run.get(args.attr)
+        return val if isinstance(val, str) else _select_attr_text(val)
+    return run.id
+
+
+def _select_attr_text(val):
+    if val is None:
+        return ""
+    if isinstance(val, dict):
+        return "\n".join("%s: %s" % (k, encode_flag_val(val[k]))
+                         for k in sorted(val))
+    return encode_flag_val(val)
 
 
 def _build_ls_parser(p):

@@ -1296,6 +1296,20 @@ class RunTest(GuildTestCase):
         self.assertEqual(run.status, "completed")
         self.assertEqual(len(self.runs()), 1)
 
+    def test_run_tags(self):
+        self.copy_sample("train.py")
+        self.guild("run", "train.py", "lr=[0.1,0.2]", "-t", "a", "--tag",
+                   "b", "-y")
+        self.guild("run", "train.py", "-t", "c", "-l", "mine", "-y")
+        runs = self.runs()
+        self.assertEqual([(r.get("tags"), r.get("label")) for r in runs], [
+            (["c"], "mine"),
+            (["a", "b"], "a b epochs=2 fast=no lr=0.2 name=base"),
+            (["a", "b"], "a b epochs=2 fast=no lr=0.1 name=base"),
+            (["a", "b"], "a b")])
+        self.assertEqual(len(self.guild("runs", "-Ft", "b", "-Fu")[1]
+                             .splitlines()), 3)
+
     def test_run_dir(self):
         self.copy_sample("train.py")
         run_dir = path(mkdtemp(), "myrun")
@@ -2974,8 +2988,9 @@ class ScalarTest(GuildTestCase):
         # A tag in one directory only is a column of its own name.
         code, out = self.guild("compare", "--csv", "-")
         self.assertEqual(out.splitlines()[0].split(",")[6:], [
-            "acc", "logs/train#loss", "logs/val#loss", "lr", "printed"])
-        self.assertEqual(out.splitlines()[1].split(",")[6:],
+            "step", "acc", "logs/train#loss", "logs/val#loss", "lr",
+            "printed"])
+        self.assertEqual(out.splitlines()[1].split(",")[7:],
                          ["0.75", "1.0", "1.5", "0.25", "3.0"])
         run = self.runs()[0]
         self.assertEqual(run.scalars()["runs/Nov22_host#lr"], 0.25)
@@ -3162,7 +3177,9 @@ class TrashTest(GuildTestCase):
                          ["True", "0.5", "2", "base", ""])
 
 
-class LabelTest(GuildTestCase):
+class FourRunsTestCase(GuildTestCase):
+    """Four staged runs of t.py, x=1 (the oldest) to x=4."""
+
     def setUp(self):
         super().setUp()
         for x in range(1, 5):  # run 1 (the newest) has x=4
@@ -3174,6 +3191,8 @@ class LabelTest(GuildTestCase):
     def labels(self):
         return [r.get("label") for r in self.runs()]
 
+
+class LabelTest(FourRunsTestCase):
     def test_no_run_labels_the_newest_only(self):
         # Guild AI's `label -s X -y` labels the latest run, never all.
         self.assertEqual(self.guild("label", "-s", "best", "-y"),
@@ -3196,6 +3215,176 @@ class LabelTest(GuildTestCase):
                               "give one of --set")
         self.assertGuildError(self.guild("label", "0:", "-c", "-y"),
                               "indexes start at 1")
+
+
+class TagCommentMarkTest(FourRunsTestCase):
+    def test_tags_filter_and_show(self):
+        self.assertEqual(self.guild("tag", "-a", "good", "-a", "new", "-y"),
+                         (0, "Tagged 1 run(s)\n"))
+        self.guild("tag", "2:3", "-a", "good", "-s", "-y")
+        self.assertEqual(self.labels(), ["x=4", "good x=3", "good x=2",
+                                         "x=1"])
+        code, out = self.guild("runs", "-Ft", "good")
+        self.assertEqual(len(out.splitlines()), 3)
+        self.assertEqual(len(self.guild("runs", "-Ft", "new", "-Ft",
+                                        "nope")[1].splitlines()), 1)
+        self.assertIn("\ntags: good new\n", self.guild("runs", "info")[1])
+        self.guild("tag", ":", "-d", "good", "-s", "-y")
+        self.assertEqual(self.labels(), ["x=4", "x=3", "x=2", "x=1"])
+        self.assertEqual(self.guild("tag", ":", "--list-all"),
+                         (0, "new\n"))
+        self.guild("tag", "-c", "-y")
+        self.assertEqual(self.guild("runs", "-Ft", "new"), (0, ""))
+        self.assertGuildError(self.guild("tag", "-y"), "give --add")
+
+    def test_comments(self):
+        self.guild("comment", "-a", "looks good", "-y")
+        self.guild("comment", "-a", "second", "-u", "ann@box", "-y")
+        code, out = self.guild("comment", "--list")
+        self.assertRegex(out, r"^[0-9a-f]{8} \(t.py\):\n  \[1\] \S*@%s "
+                         r"\d{4}-.*\n    looks good\n  \[2\] ann@box .*\n"
+                         r"    second\n$" % re.escape(guild.HOST))
+        self.assertEqual(len(self.guild("runs", "-Fc", "LOOKS")[1]
+                             .splitlines()), 1)
+        self.assertIn("comments:\n  [1] ", self.guild("runs", "info")[1])
+        self.assertGuildError(self.guild("comment", "-d", "3", "-y"),
+                              "has no comment 3 (it has 2)")
+        self.guild("comment", "-d", "1", "-y")
+        info = json.loads(self.guild("runs", "info", "--json")[1])
+        self.assertEqual([(c["body"], c["user"], c["host"]) for c in
+                          info["comments"]], [("second", "ann", "box")])
+        self.guild("comment", "-c", "-y")
+        self.assertEqual(self.guild("runs", "-Fc", "second"), (0, ""))
+        self.assertGuildError(self.guild("comment", "-y"), "no editor")
+
+    def test_mark(self):
+        self.guild("mark", "-y")
+        self.guild("mark", "-y")  # the newest unmarked: run 2
+        self.guild("mark", "4", "-y")
+        marked = lambda: self.guild("runs", "-Fm")[1].count("\n")
+        self.assertEqual(marked(), 3)
+        self.assertEqual(self.guild("runs", "-Fn")[1].count("\n"), 1)
+        self.assertIn("\nmarked: yes\n", self.guild("runs", "info")[1])
+        self.guild("mark", "-c", "1", "-y")
+        self.assertEqual(marked(), 2)
+        self.assertEqual(self.guild("mark", "--clear", "-y"),
+                         (0, "Unmarked 2 run(s)\n"))
+        self.assertEqual(marked(), 0)
+        self.assertGuildError(self.guild("runs", "-Fm", "-Fn"),
+                              "not allowed with")
+
+    def test_runs_json_and_listing_options(self):
+        self.guild("tag", "-a", "t1", "-y")
+        listing = json.loads(self.guild("runs", "--json")[1])
+        self.assertEqual([r["flags"] for r in listing],
+                         [{"x": 4}, {"x": 3}, {"x": 2}, {"x": 1}])
+        self.assertEqual(sorted(listing[0]), sorted([
+            "id", "operation", "status", "label", "tags", "marked",
+            "created", "started", "stopped", "exit_status", "batch",
+            "run_dir", "flags", "scalars", "step"]))
+        self.assertEqual((listing[0]["tags"], listing[0]["status"],
+                          listing[0]["started"]), (["t1"], "staged", None))
+        self.assertEqual(json.loads(self.guild("runs", "list", "--json",
+                                               "-Ft", "t1")[1]),
+                         listing[:1])
+        info = json.loads(self.guild("runs", "info", "2", "--json")[1])
+        self.assertEqual((info["id"], info["flags"], info["scalars"],
+                          info["marked"]),
+                         (listing[1]["id"], {"x": 3}, {}, False))
+        code, out = self.guild("runs", "-v", "--limit", "1")
+        self.assertRegex(out, r"^\[1:\w+\] .*\n  id: \w+\n  operation: "
+                         r"t.py\n")
+        self.assertIn("Showing the first 1 runs (4 total)", out)
+        self.assertEqual(self.guild("runs", "-n", "1", "-m")[1].count(
+            "\n"), 4)
+
+
+class CompareSelectTest(GuildTestCase):
+    starts_scripts = True  # also run in the fresh-interpreter pass
+
+    def setUp(self):
+        super().setUp()
+        shutil.copy(sample("projects", "sweep", "fit.py"), self.project)
+        write(path(self.project, "sys.py"),
+              "print('sys/gpu: 3')\nprint('loss: 9')\n")
+        self.guild("run", "fit.py", "lr=[0.1,0.3]", "epochs=2", "-y")
+        self.guild("run", "fit.py", "lr=0.2", "epochs=3", "-y")
+
+    def csv(self, *args):
+        code, out = self.guild("compare", "--csv", "-", *args)
+        self.assertEqual(code, 0, out)
+        return [line.split(",") for line in out.splitlines()]
+
+    def test_default_columns_leave_out_batch_runs(self):
+        rows = self.csv()
+        self.assertEqual(rows[0], ["run", "operation", "started", "time",
+                                   "status", "label", "epochs", "lr",
+                                   "step", "acc", "loss"])
+        self.assertEqual([r[1] for r in rows[1:]], ["fit.py"] * 3)
+        self.assertEqual([r[8] for r in rows[1:]], ["3", "2", "2"])
+        self.assertEqual(len(self.csv("--include-batch")), 5)
+
+    def test_column_specs(self):
+        rows = self.csv("-c", "min loss as best, =lr as rate, .exit_status,"
+                        "first loss step, count acc, =lr")
+        self.assertEqual(rows[0][11:], ["best", "rate", "exit_status",
+                                        "first loss step", "count acc"])
+        self.assertEqual(rows[1][11:], ["0.1111", "0.2", "0", "1", "3"])
+        rows = self.csv("-cc", "lr,max acc as top,loss step", "--max", "lr")
+        self.assertEqual([r[1:] for r in rows], [
+            ["lr", "top", "loss step"], ["0.3", "0.9375", "2"],
+            ["0.2", "0.9445", "3"], ["0.1", "0.875", "2"]])
+        self.assertEqual(self.csv("-r", "-cc", "lr")[0], ["run", "lr"])
+        self.assertEqual(self.csv("--skip-core")[0], [
+            "run", "epochs", "lr", "step", "acc", "loss"])
+        self.assertEqual(self.csv("-u", "-r", "1:2")[0], [
+            "run", "epochs", "lr", "step", "acc", "loss"])
+        self.assertEqual(self.csv("-u", "-r", "2:3")[0], [
+            "run", "lr", "acc", "loss"])
+        self.assertGuildError(self.guild("compare", "-c", "min"),
+                              "unknown column 'min'")
+        self.assertGuildError(self.guild("compare", "-c", ".nope"),
+                              "unknown attribute '.nope'")
+        self.assertGuildError(self.guild("compare", "-c", "a b c"),
+                              "invalid column spec 'a b c'")
+        self.assertGuildError(self.guild("compare", "-c", "lr", "-cc",
+                                         "lr"), "cannot be used together")
+        self.assertGuildError(self.guild("compare", "--min", "nope"),
+                              "unknown column 'nope'")
+
+    def test_system_scalars_hidden_unless_all_scalars(self):
+        self.guild("run", "sys.py", "-y")
+        self.assertNotIn("sys/gpu", self.csv()[0])
+        self.assertEqual(self.csv("-s", "1")[0][-2:], ["loss", "sys/gpu"])
+        self.assertEqual(self.csv("-t", "-cc", "sys/gpu", "1")[1][1], "3.0")
+
+    def test_select(self):
+        by_lr = {r.flags.get("lr"): r for r in self.runs()}
+        newest = self.runs()[0]
+        self.assertEqual(self.guild("select"), (0, newest.id + "\n"))
+        self.assertEqual(self.guild("select", "--min", "loss")[1],
+                         by_lr[0.2].id + "\n")
+        self.assertEqual(self.guild("select", "--max", "loss", "-s")[1],
+                         by_lr[0.1].short_id + "\n")
+        self.assertEqual(self.guild("select", "--min", "loss", "-A")[1]
+                         .split(), [by_lr[lr].id for lr in (0.2, 0.3, 0.1)])
+        self.assertEqual(self.guild("select", "-min", "max acc", "-p")[1],
+                         by_lr[0.1].dir + "\n")
+        self.assertEqual(self.guild("select", "--max", "=lr", "-a",
+                                    "label")[1], "epochs=2 lr=0.3\n")
+        self.assertEqual(self.guild("select", "-Fo", "+", "-a",
+                                    "operation"), (0, "fit.py+\n"))
+        self.assertEqual(self.guild("select", "1", "-a", "flags")[1],
+                         "epochs: 3\nlr: 0.2\n")
+        self.assertGuildError(self.guild("select", "1:2"),
+                              "1:2 match 2 runs")
+        self.assertGuildError(self.guild("select", "-Fo", "nope"),
+                              "no matching runs")
+        self.assertGuildError(self.guild("select", "-Fo", "fit.py+",
+                                         "--min", "loss"),
+                              "no run has a value for 'loss'")
+        self.assertGuildError(self.guild("select", "--min", "loss",
+                                         "--max", "loss"), "not allowed")
 
 
 # ---------------------------------------------------------------------------
