@@ -2811,6 +2811,8 @@ def _resolve_flags(op, raw_flags, force=False):
 def _given_flags(op, raw_flags, force=False):
     """Decode raw NAME=VALUE strings for op, checking the names."""
     flagdefs = _op_flagdefs(op)
+    if op["kind"] == "queue" and "wait-for-running" in raw_flags:
+        raw_flags = _queue_wait_flag(raw_flags)
     for name in raw_flags:
         if name not in flagdefs and not force:
             raise FlagError(
@@ -2833,6 +2835,23 @@ def _check_required(op, flag_vals, rows):
                 "Give it as %s=VALUE; 'guild run %s --help-op' lists the "
                 "flags." % (name, fd.get("arg", "--" + name), name,
                             op["name"]))
+
+
+def _queue_wait_flag(raw_flags):
+    """raw_flags with Guild AI 0.7+'s queue flag wait-for-running made
+    its inverse, ignore-running (the flag queues record and print)."""
+    raw_flags = dict(raw_flags)
+    wait = _coerce_flag_val("wait-for-running",
+                            raw_flags.pop("wait-for-running"),
+                            {"type": "boolean"})
+    ignore = encode_flag_val(not wait)
+    if raw_flags.get("ignore-running", ignore) != ignore and \
+            _coerce_flag_val("ignore-running", raw_flags["ignore-running"],
+                             {"type": "boolean"}) == wait:
+        raise FlagError("wait-for-running and ignore-running disagree: "
+                        "give one of them")
+    raw_flags["ignore-running"] = ignore
+    return raw_flags
 
 
 def _coerce_value(name, val, flagdef):
@@ -6678,7 +6697,8 @@ Start staged runs, oldest first, one at a time.
 
 Several queues may share one run store: each staged run is started by one
 queue only. A queue waits while other runs are running unless
-ignore-running is set. With gpus set, the runs it starts see only those
+ignore-running is set (wait-for-running=no, as Guild AI 0.7+ spells
+it, is the same). With gpus set, the runs it starts see only those
 GPUs, and runs staged with --gpus are started only by a queue whose gpus
 match. run-once starts the staged runs there are and stops."""
 
@@ -7460,48 +7480,86 @@ def _select_attr_text(val):
 
 
 def _build_ls_parser(p):
-    p.description = "List the files of a run."
+    p.description = ("List the files of a run: its source snapshot and "
+                     "what it wrote.")
     p.add_argument("run", nargs="?", metavar="RUN",
-                   help="the run (default: the newest)")
+                   help="the run (default: the newest the filters select)")
+    p.add_argument("-p", "--path", metavar="PATH",
+                   help="only files under PATH (a directory or file of the "
+                   "run)")
+    p.add_argument("-s", "--sourcecode", action="store_true",
+                   help="only the source snapshot")
     p.add_argument("-a", "--all", action="store_true",
                    help="include guild.py's own files in .guild")
+    p.add_argument("-f", "--full-path", action="store_true",
+                   help="print full paths, one a line")
+    p.add_argument("-n", "--no-format", action="store_true",
+                   help="print paths one a line, with no heading")
+    _add_filter_args(p)
 
 
 @_command("ls", "list a run's files", _build_ls_parser)
 def _cmd_ls(args):
-    run = _select_one(args.run or "1", _listing()[1])
-    print("%s:" % run.dir)
+    run = _select_one(args.run or "1", _listing(args)[1])
+    paths = _run_file_list(run, args.all)
+    if args.sourcecode:
+        source = set(run.get("sourcecode") or ())
+        paths = [rel for rel in paths if rel in source]
+    if args.path:
+        under = args.path.replace(os.sep, "/").strip("/")
+        paths = [rel for rel in paths
+                 if rel == under or rel.startswith(under + "/")]
+    if args.full_path:
+        paths = [os.path.join(run.dir, rel.replace("/", os.sep))
+                 for rel in paths]
+    elif not args.no_format:
+        print("%s:" % run.dir)
+        paths = ["  " + rel for rel in paths]
+    for line in paths:
+        print(line)
+    return 0
+
+
+def _run_file_list(run, include_guild):
+    """The relative paths (with /) of a run's files, sorted."""
+    paths = []
     for root, dirs, files in os.walk(run.dir):
         dirs.sort()
-        if not args.all:
+        if not include_guild and root == run.dir:
             dirs[:] = [d for d in dirs if d != ".guild"]
         for name in sorted(files):
             rel = os.path.relpath(os.path.join(root, name), run.dir)
-            print("  " + rel.replace(os.sep, "/"))
-    return 0
+            paths.append(rel.replace(os.sep, "/"))
+    return paths
 
 
 def _build_cat_parser(p):
     p.description = "Print a run's output or one of its files."
     p.add_argument("run", nargs="?", metavar="RUN",
-                   help="the run (default: the newest)")
-    p.add_argument("--output", action="store_true", help="show the output")
-    p.add_argument("-p", "--path", help="show file PATH of the run")
+                   help="the run (default: the newest the filters select)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-O", "--output", action="store_true",
+                   help="show what the run printed")
+    g.add_argument("-p", "--path", help="show file PATH of the run")
+    p.add_argument("-s", "--sourcecode", action="store_true",
+                   help="PATH is in the source snapshot (where it is "
+                   "anyway: accepted for Guild AI's sake)")
+    _add_filter_args(p)
 
 
 @_command("cat", "show a run's output or a file", _build_cat_parser)
 def _cmd_cat(args):
-    run = _select_one(args.run or "1", _listing()[1])
+    run = _select_one(args.run or "1", _listing(args)[1])
     if args.output:
         path = run.guild_path(OUTPUT_FILE)
     elif args.path:
         path = os.path.join(run.dir, args.path)
     else:
-        raise UsageError("specify --output or -p PATH")
+        raise UsageError("specify -O/--output or -p PATH")
     try:
         with open(path, "rb") as f:
             data = f.read()
-    except (FileNotFoundError, IsADirectoryError):
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise GuildError("%s does not exist for run %s" % (
             "output" if args.output else args.path, run.id))
     _write_stdout(data)

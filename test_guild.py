@@ -1310,6 +1310,29 @@ class RunTest(GuildTestCase):
         self.assertEqual(len(self.guild("runs", "-Ft", "b", "-Fu")[1]
                              .splitlines()), 3)
 
+    def test_ls_and_cat_options(self):
+        self.copy_sample("train.py")
+        self.guild("run", "train.py", "-l", "one", "-y")
+        write(path(self.project, "train.py"), "open('out.txt', 'w')"
+              ".write('hi')\nprint('done')\n")
+        self.guild("run", "train.py", "-y")
+        run = self.runs()[0]
+        self.assertEqual(self.guild("ls"), (0, "%s:\n  out.txt\n  train.py\n"
+                                            % run.dir))
+        self.assertEqual(self.guild("ls", "-n", "-s")[1], "train.py\n")
+        self.assertEqual(self.guild("ls", "-f", "-p", "out.txt")[1],
+                         path(run.dir, "out.txt") + "\n")
+        self.assertIn(".guild/output\n", self.guild("ls", "-a", "-n")[1])
+        self.assertEqual(self.guild("ls", "-n", "-Fl", "one")[1],
+                         "train.py\n")
+        self.assertEqual(self.guild("cat", "-O"), (0, "done\n"))
+        self.assertEqual(self.guild("cat", "-p", "out.txt"), (0, "hi"))
+        self.assertIn("lr=0.1", self.guild("cat", "--output", "-Fl",
+                                           "one")[1])
+        self.assertGuildError(self.guild("cat", "-p", "nope"),
+                              "nope does not exist for run")
+        self.assertGuildError(self.guild("cat"), "specify -O/--output")
+
     def test_run_dir(self):
         self.copy_sample("train.py")
         run_dir = path(mkdtemp(), "myrun")
@@ -1971,6 +1994,21 @@ class QueueTest(GuildTestCase):
             args += ["--gpus", gpus]
         code, out = self.guild(*args)
         self.assertEqual(code, 0, out)
+
+    def test_wait_for_running_is_the_inverse_of_ignore_running(self):
+        # Guild AI 0.7+ spells the flag wait-for-running; queues record
+        # and print ignore-running, as the spec shows.
+        for flags, ignore in [(["wait-for-running=no"], True),
+                              (["wait-for-running=yes"], False),
+                              (["wait-for-running=no",
+                                "ignore-running=yes"], True)]:
+            self.guild("run", "queue", "run-once=yes", "-y", *flags)
+            self.assertEqual(self.runs()[0].flags["ignore-running"], ignore)
+        self.assertGuildError(self.guild("run", "queue", "-y",
+                                         "wait-for-running=no",
+                                         "ignore-running=no"),
+                              "wait-for-running and ignore-running disagree")
+        self.assertEqual(len(self.runs()), 3)
 
     def test_queue_gpus_match(self):
         self.copy_sample("say.py", project="batch")
