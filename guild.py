@@ -3644,15 +3644,18 @@ def _run_script(run, attrs, gpus, record):
         proc.wait()
         raise
     recorder = _ScalarRecorder(run.guild_path(SCALARS_FILE))
+    stop_after = attrs.get("stop_after")
     try:
-        return _supervise(proc, output_path, offset, recorder.feed)
+        return _supervise(proc, output_path, offset, recorder.feed,
+                          stop_after and time.monotonic() + stop_after * 60)
     finally:
         recorder.close()
 
 
-def _supervise(proc, output_path, offset, on_output):
+def _supervise(proc, output_path, offset, on_output, deadline=None):
     """Show the script's output as it grows until it exits; pass each new
-    piece to on_output too.
+    piece to on_output too. At deadline (time.monotonic()), if given, the
+    script's process group gets SIGTERM (run --stop-after).
 
     Ctrl-C and SIGTERM are forwarded to the script's process group (a
     second one kills it) and, once it has exited, raised as a stop: the
@@ -3682,6 +3685,10 @@ def _supervise(proc, output_path, offset, on_output):
                 _Notice.deliver()  # again, if the script had no group yet
                 if _Notice.grace_over() and not stops:
                     forward(signal.SIGTERM, None)
+            if deadline and not done and time.monotonic() >= deadline:
+                log.info("Stopping the run: its time (--stop-after) is up")
+                _signal_process_group(proc.pid, signal.SIGTERM)
+                deadline = None
             chunk = f.read(OUTPUT_CHUNK)
             if chunk:
                 on_output(chunk)
@@ -3898,7 +3905,8 @@ def init_trial_run(batch_run, trial_flag_vals, run_dir=None):
         "label": render_label(label, flags) if label is not None
         else _default_label(flags, tags),
         "batch": batch_run.id, "gpus": attrs.get("gpus"),
-        "project": attrs.get("project"), "tags": tags}
+        "project": attrs.get("project"), "tags": tags,
+        "stop_after": attrs.get("stop_after")}
     run_dir = run_dir or os.path.join(_runs_dir(), mkid())
     return _init_run(run_dir, trial_attrs, staged=True,
                      source_root=batch_run.dir,
@@ -6348,16 +6356,17 @@ def run_attrs(opspec, flags=None, cwd=None, label=None, optimizer=None,
               max_trials=None, random_seed=None, batch_files=(),
               stage_trials=False, fail_on_trial_error=False, gpus=None,
               force_flags=False, minimize=None, maximize=None,
-              opt_flags=None, tags=()):
+              opt_flags=None, tags=(), stop_after=None):
     """The attributes of a new run of opspec (a batch run if the flags
     hold lists, ranges or distributions, or batch_files or an optimizer
     are given). Validates everything; creates nothing.
 
     flags maps names to command line text (`"0.1"`, `"[a,b]"`) or values;
-    tags (a list) go to the run, and a batch's trials. A batch judges its
-    trials by the scalar minimize or maximize names (default: minimize
-    loss); opt_flags maps the optimizer's settings (tpe: random-starts,
-    in-flight) to values.
+    tags (a list) go to the run, and a batch's trials; stop_after
+    (minutes) stops a script run (each trial of a batch) that runs longer.
+    A batch judges its trials by the scalar minimize or maximize names
+    (default: minimize loss); opt_flags maps the optimizer's settings
+    (tpe: random-starts, in-flight) to values.
     """
     tags = list(tags or ())
     cwd = os.path.abspath(cwd or os.getcwd())
@@ -6383,6 +6392,7 @@ def run_attrs(opspec, flags=None, cwd=None, label=None, optimizer=None,
                              "--opt-flag): give a flag a list or a range")
         attrs = {"op": op, "flags": flag_vals, "gpus": gpus,
                  "project": op.get("project"), "tags": tags,
+                 "stop_after": stop_after,
                  "label": render_label(label, flag_vals)
                  if label is not None else _default_label(flag_vals, tags)}
         if slurm:
@@ -6423,6 +6433,7 @@ def run_attrs(opspec, flags=None, cwd=None, label=None, optimizer=None,
     return {"op": {"kind": "batch", "name": optimizer}, "flags": {},
             "label": label or " ".join(tags),
             "stage_trials": bool(stage_trials), "tags": tags,
+            "stop_after": stop_after,
             "gpus": gpus, "project": op.get("project"),
             "max_trials": max_trials, "random_seed": random_seed,
             "batch_rows": rows or None,
@@ -6759,6 +6770,24 @@ def _build_run_parser(p):
                    help="show the operation's flags and exit")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="do not show the run's output")
+    p.add_argument("--proto", metavar="RUN",
+                   help="a new run with RUN's operation and flags (flags "
+                   "given change them)")
+    p.add_argument("--needed", action="store_true",
+                   help="run only if no completed run of the operation has "
+                   "these flags")
+    p.add_argument("--stop-after", type=float, metavar="N",
+                   help="stop the run after N minutes (it ends terminated)")
+    p.add_argument("--print-cmd", action="store_true",
+                   help="print the command the run would run, run nothing")
+    p.add_argument("--save-trials", metavar="PATH",
+                   help="write the trials a batch would run to PATH (CSV, "
+                   "or JSON for *.json), run nothing")
+    p.add_argument("--no-gpus", action="store_true",
+                   help="hide every GPU from the run "
+                   "(CUDA_VISIBLE_DEVICES=)")
+    p.add_argument("--keep-batch", action="store_true",
+                   help="keep the batch run when done (it is always kept)")
 
 
 @_command("run", "run an operation", _build_run_parser)
@@ -6771,26 +6800,48 @@ def _cmd_run(args):
                                   if not a.startswith("@")])
     if args.start or args.restart:
         return _run_existing(args, raw_flags)
+    cwd = os.getcwd()
+    if args.proto:
+        args.opspec, raw_flags, cwd = _proto_op(args.proto, args.opspec,
+                                                raw_flags)
     if not args.opspec:
         raise UsageError("missing operation\nTry 'guild run --help' "
                          "for help.")
+    if args.no_gpus:
+        if args.gpus:
+            raise UsageError("--gpus and --no-gpus cannot be used together")
+        args.gpus = ""  # CUDA_VISIBLE_DEVICES= : the script sees no GPU
+    if args.stop_after is not None and args.stop_after <= 0:
+        raise UsageError("--stop-after takes minutes, more than 0")
     if args.help_op:
         op = _resolve_op(args.opspec, os.getcwd())
         doc = QUEUE_DOC if op["kind"] == "queue" else None
         print(_flagdefs_help(args.opspec, _op_flagdefs(op), doc))
         return 0
     attrs = run_attrs(
-        args.opspec, raw_flags, label=args.label,
+        args.opspec, raw_flags, cwd=cwd, label=args.label,
         optimizer=args.optimizer or ("tpe" if args.optimize else None),
         max_trials=args.max_trials, random_seed=args.random_seed,
         batch_files=batch_files, stage_trials=args.stage_trials,
         fail_on_trial_error=args.fail_on_trial_error, gpus=args.gpus,
         force_flags=args.force_flags, minimize=args.minimize,
         maximize=args.maximize, opt_flags=_parse_opt_flags(args.opt_flags),
-        tags=args.tags)
+        tags=args.tags, stop_after=args.stop_after)
     if args.print_trials:
         _print_trials(attrs)
         return 0
+    if args.save_trials:
+        _save_trials(attrs, args.save_trials)
+        return 0
+    if args.print_cmd:
+        print(_shell_join(_user_command(attrs.get("proto") or attrs)))
+        return 0
+    if args.needed and "proto" not in attrs:
+        done = _same_completed_run(attrs)
+        if done:
+            print("Skipping run: %s already completed with these flags "
+                  "(--needed)" % done[:SHORT_ID_LEN])
+            return 0
     if not _confirm(_run_prompt(args, attrs), yes=args.yes):
         raise GuildError("aborted")
     run = _create_run(attrs, args.stage, os.path.abspath(args.run_dir)
@@ -6811,6 +6862,70 @@ def _parse_opt_flags(args):
                              "NAME=VAL" % arg)
         flags[name.strip()] = val
     return flags
+
+
+def _proto_op(spec, opspec, raw_flags):
+    """(opspec, flags, project dir) of a new run like run spec (--proto):
+    its operation (unless opspec is given) and flags, updated by the
+    flags given."""
+    proto = _select_one(spec, list_runs())
+    attrs = proto._attrs()
+    target = attrs.get("proto") or attrs  # a batch's: its trials' op
+    op = target["op"]
+    if op.get("kind") != "script":
+        raise OpError("--proto takes a run of a script, not of %s"
+                      % _op_desc(attrs))
+    flags = {n: encode_flag_val(v) for n, v in (target.get("flags")
+                                                 or {}).items()}
+    flags.update(raw_flags)
+    project = attrs.get("project") or os.getcwd()
+    return opspec or op.get("script") or op["name"], flags, project
+
+
+def _same_completed_run(attrs):
+    """The id of a completed run of attrs's operation with its flags, or
+    None (run --needed)."""
+    desc = _op_desc(attrs)
+    for x in run_summaries():
+        if x["status"] == "completed" and x["op"] == desc and \
+                x["flags"] == attrs["flags"]:
+            return x["id"]
+    return None
+
+
+def _save_trials(attrs, dest):
+    """Write the trials a run would start as CSV, or JSON if dest ends
+    with .json (run --save-trials): a batch file `@dest` runs them."""
+    trials = batch_trials(attrs) if "proto" in attrs else [attrs["flags"]]
+    names = sorted(set().union(*trials)) if trials else []
+    try:
+        with open(dest, "w", newline="", encoding="utf-8") as f:
+            if dest.lower().endswith(".json"):
+                json.dump(trials, f, indent=2)
+                f.write("\n")
+            else:
+                writer = csv.writer(f, lineterminator="\n")
+                writer.writerow(names)
+                for t in trials:
+                    writer.writerow([_csv_cell(t.get(n)) for n in names])
+    except OSError as e:
+        raise GuildError("cannot write trials to '%s': %s"
+                         % (dest, e.strerror))
+    print("Saved %d trial(s) to %s" % (len(trials), dest))
+
+
+def _user_command(attrs):
+    """The command a run of a script runs, as a user would type it."""
+    cmd = _script_command(attrs)
+    return [cmd[0]] + cmd[4:]
+
+
+def _shell_join(args):
+    if IS_WINDOWS:  # pragma: no cover - exercised on Windows only
+        import subprocess
+        return subprocess.list2cmdline(args)
+    import shlex
+    return " ".join(shlex.quote(a) for a in args)
 
 
 def _run_prompt(args, attrs):
@@ -8000,8 +8115,10 @@ def _parser(argv=()):
                    version="guild.py %s" % __version__)
     p.add_argument("-H", "--guild-home", metavar="PATH",
                    help="the run store (default: GUILD_HOME or ~/.guild)")
+    p.add_argument("-C", dest="cwd", metavar="PATH",
+                   help="run the command as if started in PATH")
     words = [w for i, w in enumerate(argv) if not w.startswith("-") and
-             (i == 0 or argv[i - 1] not in ("-H", "--guild-home"))]
+             (i == 0 or argv[i - 1] not in ("-H", "--guild-home", "-C"))]
     _add_commands(p, "", words)
     return p
 
@@ -8044,6 +8161,11 @@ def main(argv=None):
         _take_extra_flags(args, extra)
         if args.guild_home:
             os.environ["GUILD_HOME"] = os.path.abspath(args.guild_home)
+        if args.cwd:
+            try:
+                os.chdir(args.cwd)
+            except OSError as e:
+                raise UsageError("-C %s: %s" % (args.cwd, e.strerror))
         if not getattr(args, "func", None):
             _parser(argv).print_help()
             return 0

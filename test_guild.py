@@ -1333,6 +1333,52 @@ class RunTest(GuildTestCase):
                               "nope does not exist for run")
         self.assertGuildError(self.guild("cat"), "specify -O/--output")
 
+    def test_run_options_from_guild_ai(self):
+        self.copy_sample("train.py")
+        elsewhere = mkdtemp()
+        run = lambda *args: guild_cmd(args, cwd=elsewhere,
+                                      guild_home=self.home)
+        code, out = run("-C", self.project, "run", "train.py", "lr=0.5",
+                        "--print-cmd")
+        self.assertEqual((code, out.split()[1:]), (0, ["train.py"]))
+        trials = path(self.project, "trials.csv")
+        self.assertEqual(run("-C", self.project, "run", "train.py",
+                             "lr=[0.1,0.2]", "--save-trials", trials),
+                         (0, "Saved 2 trial(s) to %s\n" % trials))
+        with open(trials) as f:
+            self.assertEqual(f.read().splitlines()[:2],
+                             ["epochs,fast,lr,name,seed", "2,False,0.1,base,"])
+        self.assertEqual(self.runs(), [])
+        run("-C", self.project, "run", "train.py", "lr=0.5", "-y")
+        code, out = run("-C", self.project, "run", "train.py", "lr=0.5",
+                        "--needed", "-y")
+        self.assertIn("Skipping run: %s already completed" %
+                      self.runs()[0].short_id, out)
+        run("-C", self.project, "run", "train.py", "lr=0.6", "--needed",
+            "-y")
+        self.assertEqual(len(self.runs()), 2)
+        self.guild("run", "--proto", "2", "epochs=7", "--keep-batch", "-y")
+        self.assertEqual(self.runs()[0].flags["lr"], 0.5)
+        self.assertEqual(self.runs()[0].flags["epochs"], 7)
+        self.assertGuildError(run("-C", path(elsewhere, "nope"), "runs"),
+                              "-C %s" % path(elsewhere, "nope"))
+        self.assertGuildError(self.guild("run", "train.py", "--no-gpus",
+                                         "--gpus", "0", "-y"),
+                              "--gpus and --no-gpus cannot be used")
+
+    def test_no_gpus_and_stop_after(self):
+        write(path(self.project, "gpu.py"), "import os, time\n"
+              "print('gpus=%r' % os.environ['CUDA_VISIBLE_DEVICES'])\n"
+              "time.sleep(float(os.environ.get('NAP', 0)))\n")
+        self.assertEqual(self.guild("run", "gpu.py", "--no-gpus", "-y"),
+                         (0, "gpus=''\n"))
+        code, out = self.guild("run", "gpu.py", "--no-gpus", "--stop-after",
+                               "0.005", "-y", env={"NAP": "30"})
+        self.assertIn("its time (--stop-after) is up", out)
+        self.assertEqual(self.runs()[0].status, "terminated")
+        self.assertGuildError(self.guild("run", "gpu.py", "--stop-after",
+                                         "0", "-y"), "--stop-after takes")
+
     def test_run_dir(self):
         self.copy_sample("train.py")
         run_dir = path(mkdtemp(), "myrun")
