@@ -107,6 +107,7 @@ import atexit
 import builtins
 import codecs
 import csv
+import difflib
 import errno
 import gc
 import io
@@ -7592,6 +7593,137 @@ def _select_attr_text(val):
         return "\n".join("%s: %s" % (k, encode_flag_val(val[k]))
                          for k in sorted(val))
     return encode_flag_val(val)
+
+
+def _build_diff_parser(p):
+    p.description = (
+        "Compare two runs (default: the two newest the filters select, the "
+        "older first): their attributes, flags and source snapshots, or "
+        "only what the options name. With --working, one run's source "
+        "snapshot against its project as it is now.")
+    p.add_argument("runs", nargs="*", metavar="RUN",
+                   help="two runs, or one with --working")
+    p.add_argument("-f", "--flags", action="store_true",
+                   help="compare the flags")
+    p.add_argument("-a", "--attrs", action="store_true",
+                   help="compare the attributes (as runs info shows them)")
+    p.add_argument("-O", "--output", action="store_true",
+                   help="compare what the runs printed")
+    p.add_argument("-s", "--sourcecode", action="store_true",
+                   help="compare the source snapshots")
+    p.add_argument("-p", "--path", metavar="FILE", action="append",
+                   default=[], help="compare the runs' FILE (repeatable)")
+    p.add_argument("-w", "--working", action="store_true",
+                   help="compare a run's source snapshot with its project")
+    p.add_argument("-c", "--cmd", metavar="CMD",
+                   help="compare each pair of files with program CMD (such "
+                   "as 'diff -u' or meld) instead")
+    _add_filter_args(p)
+
+
+@_command("diff", "compare two runs", _build_diff_parser)
+def _cmd_diff(args):
+    summaries, runs = _listing(args)
+    wanted = 1 if args.working else 2
+    if args.runs and len(args.runs) != wanted:
+        raise UsageError("diff takes %s" % (
+            "one run with --working" if args.working else
+            "two runs (or none: the two newest)"))
+    chosen = [_select_one(spec, runs) for spec in args.runs] or \
+        list(reversed(runs[:wanted]))
+    if len(chosen) < wanted:
+        raise RunError("diff needs %d run%s: %d match%s" % (
+            wanted, "s" if wanted > 1 else "", len(chosen),
+            "" if len(chosen) != 1 else "es"))
+    pairs = _diff_pairs(args, chosen)
+    if args.cmd:
+        return _diff_with_program(args.cmd, pairs)
+    for (name_a, text_a), (name_b, text_b) in pairs:
+        sys.stdout.writelines(difflib.unified_diff(
+            _diff_lines(text_a), _diff_lines(text_b), name_a, name_b))
+    return 0
+
+
+def _diff_lines(text):
+    lines = text.splitlines(True)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"  # each diff line on a line of its own
+    return lines
+
+
+def _diff_pairs(args, chosen):
+    """[((name, text), (name, text))] to compare, in order."""
+    if args.working:
+        run = chosen[0]
+        project = run.get("project")
+        if not project or not os.path.isdir(project):
+            raise RunError("the project of run %s (%s) is gone" % (
+                run.short_id, project or "unknown"))
+        files = sorted(set(run.get("sourcecode") or ()) | set(
+            _source_files(project, [_guild_home()])))
+        return [(_diff_file(run.dir, rel, run.short_id),
+                 _diff_file(project, rel, project)) for rel in files]
+    run_a, run_b = chosen
+    every = not (args.flags or args.attrs or args.output or
+                 args.sourcecode or args.path)
+    pairs = []
+    if every or args.attrs:
+        pairs.append(tuple(
+            ("%s/attributes" % r.short_id, "".join(
+                "%s: %s\n" % item for item in _run_info_items(r)
+                if item[0] not in ("id", "run_dir")))
+            for r in chosen))
+    if every or args.flags:
+        pairs.append(tuple(
+            ("%s/flags" % r.short_id, "".join(
+                "%s: %s\n" % (n, encode_flag_val(v))
+                for n, v in sorted(r.flags.items()))) for r in chosen))
+    if every or args.sourcecode:
+        files = sorted(set(run_a.get("sourcecode") or ()) |
+                       set(run_b.get("sourcecode") or ()))
+        pairs += [tuple(_diff_file(r.dir, rel, r.short_id) for r in chosen)
+                  for rel in files]
+    if args.output:
+        pairs.append(tuple(_diff_file(r.dir, ".guild/" + OUTPUT_FILE,
+                                      r.short_id) for r in chosen))
+    pairs += [tuple(_diff_file(r.dir, rel, r.short_id) for r in chosen)
+              for rel in args.path]
+    return pairs
+
+
+def _diff_file(root, rel, prefix):
+    """(name, text) of file rel under root; empty if there is none."""
+    try:
+        with open(os.path.join(root, rel), encoding="utf-8",
+                  errors="replace") as f:
+            text = f.read()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        text = ""
+    return "%s/%s" % (prefix, rel), text
+
+
+def _diff_with_program(cmd, pairs):
+    """Run program cmd on each pair of texts, written to temp files
+    named after them; its exit status is not an error (diff says 1)."""
+    import shlex
+    import subprocess
+    import tempfile
+    argv = shlex.split(cmd, posix=not IS_WINDOWS)
+    if not argv or not shutil.which(argv[0]):
+        raise GuildError("diff program '%s' not found: install it or give "
+                         "another with --cmd" % (argv[0] if argv else cmd))
+    with tempfile.TemporaryDirectory(prefix="guild-diff-") as tmp:
+        for pair in pairs:
+            paths = []
+            for side, (name, text) in zip("ab", pair):
+                path = os.path.join(tmp, side, *name.split("/"))
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "w", encoding="utf-8") as f:
+                    f.write(text)
+                paths.append(path)
+            sys.stdout.flush()
+            subprocess.call(argv + paths)
+    return 0
 
 
 def _build_ls_parser(p):

@@ -1379,6 +1379,36 @@ class RunTest(GuildTestCase):
         self.assertGuildError(self.guild("run", "gpu.py", "--stop-after",
                                          "0", "-y"), "--stop-after takes")
 
+    def test_diff(self):
+        write(path(self.project, "d.py"), "x = 1\nprint('x is', x)\n")
+        self.guild("run", "d.py", "-y")
+        self.guild("run", "d.py", "x=2", "-y")
+        old, new = self.runs()[1], self.runs()[0]
+        code, out = self.guild("diff")
+        self.assertEqual(code, 0)
+        self.assertIn("--- %s/flags\n+++ %s/flags\n@@ -1 +1 @@\n-x: 1\n"
+                      "+x: 2\n" % (old.short_id, new.short_id), out)
+        self.assertIn("-label: x=1\n+label: x=2\n", out)
+        self.assertNotIn("/d.py", out)  # the same source
+        self.assertEqual(self.guild("diff", "--flags", "2", "2"), (0, ""))
+        self.assertIn("-x is 1\n+x is 2\n", self.guild("diff", "-O")[1])
+        self.assertIn("-x is 1\n+x is 2\n",
+                      self.guild("diff", "-p", ".guild/output")[1])
+        write(path(self.project, "d.py"), "x = 1\nprint('x:', x)\n")
+        code, out = self.guild("diff", "--working")
+        self.assertIn("--- %s/d.py\n+++ %s/d.py\n" % (
+            new.short_id, self.project), out)
+        self.assertIn("-print('x is', x)\n+print('x:', x)\n", out)
+        if shutil.which("diff"):
+            code, out = self.guild("diff", "-f", "-c", "diff -u")
+            self.assertEqual(code, 0)
+            self.assertIn("-x: 1\n+x: 2\n", out)
+        self.assertGuildError(self.guild("diff", "1"), "diff takes two runs")
+        self.assertGuildError(self.guild("diff", "-c", "no-such-diff"),
+                              "diff program 'no-such-diff' not found")
+        self.assertGuildError(self.guild("diff", "-Fo", "nope"),
+                              "diff needs 2 runs: 0 match")
+
     def test_run_dir(self):
         self.copy_sample("train.py")
         run_dir = path(mkdtemp(), "myrun")
