@@ -7247,6 +7247,210 @@ def _update_attrs(run, change):
         _write_json(run.guild_path(RUN_ATTRS), attrs)
 
 
+def _run_file_list(run, include_guild):
+    """The relative paths (with /) of a run's files, sorted."""
+    paths = []
+    for root, dirs, files in os.walk(run.dir):
+        dirs.sort()
+        if not include_guild and root == run.dir:
+            dirs[:] = [d for d in dirs if d != ".guild"]
+        for name in sorted(files):
+            rel = os.path.relpath(os.path.join(root, name), run.dir)
+            paths.append(rel.replace(os.sep, "/"))
+    return paths
+
+
+def _build_export_parser(p):
+    p.description = (
+        "Copy runs (default: every run the filters select) into directory "
+        "DEST, or into a zip archive if DEST ends with .zip, to import "
+        "them into another store with 'guild import'. A run already there "
+        "is skipped.")
+    p.add_argument("dest", metavar="DEST", help="a directory or FILE.zip")
+    _add_runs_args(p, "export")
+    p.add_argument("-m", "--move", action="store_true",
+                   help="delete the runs from the store once exported")
+    p.add_argument("-r", "--copy-resources", action="store_true",
+                   help="accepted: a run's files are always all copied")
+
+
+@_command("export", "copy runs to a directory or a zip archive",
+          _build_export_parser)
+@_command("runs export", "copy runs to a directory or a zip archive",
+          _build_export_parser)
+def _cmd_export(args):
+    selected = _runs_to_act_on(args, "export")
+    if not selected:
+        return 0
+    running = [r for r in selected if r.status in ("running", "pending")]
+    if running:
+        raise RunError("cannot export run %s: it is %s" % (
+            running[0].id, running[0].status))
+    zipped = args.dest.lower().endswith(".zip")
+    done = (_export_zip if zipped else _export_dir)(selected, args.dest)
+    for run in done if args.move else ():
+        shutil.rmtree(run.dir)
+    print("%s %d run(s) to %s" % ("Moved" if args.move else "Exported",
+                                  len(done), args.dest))
+    return 0
+
+
+def _export_dir(runs, dest):
+    """Copy runs into directory dest (each whole, then renamed into
+    place); return those copied, after a word on each one skipped."""
+    _ensure_dir(dest)
+    done = []
+    for run in runs:
+        target = os.path.join(dest, run.id)
+        if os.path.exists(target):
+            print("Skipping %s: already in %s" % (run.short_id, dest))
+            continue
+        partial = target + ".partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(run.dir, partial, symlinks=True)
+        os.rename(partial, target)
+        done.append(run)
+    return done
+
+
+def _export_zip(runs, dest):
+    """Add runs to zip archive dest (written anew, then renamed into
+    place); return those added."""
+    import zipfile
+    tmp = dest + ".partial"
+    done = []
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as out:
+        present = set()
+        if os.path.exists(dest):
+            with zipfile.ZipFile(dest) as old:
+                for item in old.infolist():
+                    out.writestr(item, old.read(item))
+                    present.add(item.filename.split("/", 1)[0])
+        for run in runs:
+            if run.id in present:
+                print("Skipping %s: already in %s" % (run.short_id, dest))
+                continue
+            for rel in _run_file_list(run, include_guild=True):
+                out.write(os.path.join(run.dir, rel.replace("/", os.sep)),
+                          "%s/%s" % (run.id, rel))
+            done.append(run)
+    os.replace(tmp, dest)
+    return done
+
+
+def _build_import_parser(p):
+    p.description = (
+        "Bring runs exported with 'guild export' (a directory or a .zip) "
+        "into the store, ids, statuses and scalars kept. RUN selects among "
+        "the archive's runs (an id or prefix, or an index as 'guild runs' "
+        "would list the archive). A run already in the store is skipped.")
+    p.add_argument("archive", metavar="ARCHIVE",
+                   help="a directory or FILE.zip from 'guild export'")
+    p.add_argument("runs", nargs="*", metavar="RUN",
+                   help="runs to import (default: all)")
+    p.add_argument("-y", "--yes", action="store_true",
+                   help="do not ask for confirmation")
+    p.add_argument("-m", "--move", action="store_true",
+                   help="delete the runs from the archive directory once "
+                   "imported")
+    p.add_argument("-r", "--copy-resources", action="store_true",
+                   help="accepted: a run's files are always all copied")
+
+
+@_command("import", "bring exported runs into the store",
+          _build_import_parser)
+@_command("runs import", "bring exported runs into the store",
+          _build_import_parser)
+def _cmd_import(args):
+    import tempfile
+    if not os.path.exists(args.archive):
+        raise GuildError("'%s' does not exist" % args.archive)
+    zipped = os.path.isfile(args.archive)
+    if zipped and args.move:
+        raise UsageError("--move takes an archive directory, not a zip")
+    runs_dir = _runs_dir()
+    _ensure_dir(runs_dir)
+    # A zip is unpacked next to the store, so each run moves in by rename.
+    with tempfile.TemporaryDirectory(prefix="import-",
+                                     dir=_guild_home()) as unpacked:
+        source = _unzip_runs(args.archive, unpacked) if zipped \
+            else args.archive
+        summaries = _archive_summaries(source)
+        runs = _runs_of(summaries, os.path.abspath(source))
+        selected = select_runs(args.runs, runs) if args.runs else runs
+        if not selected:
+            print("Nothing to import")
+            return 0
+        if not args.yes:
+            print("You are about to import the following runs:")
+            for line in _format_table(_summary_rows(summaries, selected)):
+                print("  " + line)
+            if not _confirm("Import %d run(s)?" % len(selected)):
+                raise GuildError("aborted")
+        count = 0
+        for run in selected:
+            if os.path.exists(os.path.join(runs_dir, run.id)):
+                print("Skipping %s: already in the store" % run.short_id)
+                continue
+            _import_run(run, runs_dir, zipped or args.move, unpacked)
+            count += 1
+    print("Imported %d run(s)" % count)
+    return 0
+
+
+def _archive_summaries(source):
+    """Summaries of the runs in directory source, newest first, read
+    without the listing cache (which would be written beside it)."""
+    now = time.time_ns()
+    summaries = []
+    for name in sorted(os.listdir(source)):
+        run_dir = os.path.join(source, name)
+        try:
+            mtime = os.stat(run_dir + _GUILD_SUBDIR).st_mtime_ns
+        except OSError:
+            continue
+        summary = _run_summary(name, run_dir, mtime, now)
+        if summary is not None:
+            summaries.append(summary)
+    summaries.sort(key=lambda x: (x["started"] or x["created"] or 0,
+                                  x["id"]), reverse=True)
+    return summaries
+
+
+def _unzip_runs(archive, dest):
+    """Unpack zip archive into dest, refusing paths that leave it."""
+    import zipfile
+    try:
+        with zipfile.ZipFile(archive) as z:
+            root = os.path.realpath(dest)
+            for name in z.namelist():
+                target = os.path.realpath(os.path.join(dest, name))
+                if not target.startswith(root + os.sep):
+                    raise GuildError("'%s' holds a path outside the "
+                                     "archive: %s" % (archive, name))
+            z.extractall(dest)
+    except zipfile.BadZipFile as e:
+        raise GuildError("'%s' is not a zip archive: %s" % (archive, e))
+    return dest
+
+
+def _import_run(run, runs_dir, move, scratch):
+    """Put run into the store under runs_dir: moved, or copied whole into
+    scratch (a directory beside the store) then renamed into place, so a
+    listing never sees half a run; a staged run is queued."""
+    target = os.path.join(runs_dir, run.id)
+    if move:
+        shutil.move(run.dir, target)
+    else:
+        partial = os.path.join(scratch, "copy-" + run.id)
+        shutil.copytree(run.dir, partial, symlinks=True)
+        os.rename(partial, target)
+    imported = Run(run.id, target)
+    if imported.status == "staged":
+        _index_put("staged", _index_name(run.id, imported.get("created")),
+                   {})
+
+
 def _build_label_parser(p):
     p.description = ("Change the labels of runs. ${flag} in VAL is replaced "
                      "by each run's flag value, ${label} by its label.")
@@ -7767,19 +7971,6 @@ def _cmd_ls(args):
     return 0
 
 
-def _run_file_list(run, include_guild):
-    """The relative paths (with /) of a run's files, sorted."""
-    paths = []
-    for root, dirs, files in os.walk(run.dir):
-        dirs.sort()
-        if not include_guild and root == run.dir:
-            dirs[:] = [d for d in dirs if d != ".guild"]
-        for name in sorted(files):
-            rel = os.path.relpath(os.path.join(root, name), run.dir)
-            paths.append(rel.replace(os.sep, "/"))
-    return paths
-
-
 def _build_cat_parser(p):
     p.description = "Print a run's output or one of its files."
     p.add_argument("run", nargs="?", metavar="RUN",
@@ -8274,11 +8465,15 @@ def _add_commands(p, parent, words):
 
 
 def _take_extra_flags(args, extra):
-    """Accept NAME=VAL words after options (`run op --stage x=1`)."""
-    if extra and getattr(args, "func", None) is _cmd_run and all(
-            ("=" in word or word.startswith("@")) and not
-            word.startswith("-") for word in extra):
+    """Accept NAME=VAL words after options (`run op --stage x=1`), and RUN
+    words after options that follow other positionals (`export DIR
+    --move 1`)."""
+    plain = extra and not any(word.startswith("-") for word in extra)
+    if plain and getattr(args, "func", None) is _cmd_run and all(
+            "=" in word or word.startswith("@") for word in extra):
         args.flags = list(args.flags) + extra
+    elif plain and isinstance(getattr(args, "runs", None), list):
+        args.runs = args.runs + extra
     elif extra:
         raise UsageError("unrecognized arguments: %s\nTry 'guild --help' "
                          "for help." % " ".join(extra))

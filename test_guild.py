@@ -1409,6 +1409,46 @@ class RunTest(GuildTestCase):
         self.assertGuildError(self.guild("diff", "-Fo", "nope"),
                               "diff needs 2 runs: 0 match")
 
+    def test_export_and_import(self):
+        self.copy_sample("train.py")
+        write(path(self.project, "s.py"), "print('loss: 0.5')\n")
+        self.guild("run", "s.py", "-y")
+        self.guild("run", "train.py", "--stage", "-y")
+        ids = [r.id for r in self.runs()]
+        out_dir, out_zip = path(mkdtemp(), "runs"), path(mkdtemp(), "r.zip")
+        self.assertEqual(self.guild("export", out_dir, "-y"),
+                         (0, "Exported 2 run(s) to %s\n" % out_dir))
+        self.assertEqual(sorted(os.listdir(out_dir)), sorted(ids))
+        code, out = self.guild("runs", "export", out_zip, "2", "-y")
+        self.assertEqual(out, "Exported 1 run(s) to %s\n" % out_zip)
+        self.assertIn("Skipping %s: already in" % ids[1][:8],
+                      self.guild("export", out_zip, ":", "-y")[1])
+        other = mkdtemp()
+        imp = lambda *args: guild_cmd(["import"] + list(args),
+                                      guild_home=other)
+        self.assertEqual(imp(out_zip, ids[1][:8], "-y"),
+                         (0, "Imported 1 run(s)\n"))
+        code, out = imp(out_dir, "-y")
+        self.assertEqual(out, "Skipping %s: already in the store\n"
+                         "Imported 1 run(s)\n" % ids[1][:8])
+        self.assertEqual(imp(out_zip, "-y")[1].splitlines()[-1],
+                         "Imported 0 run(s)")
+        runs = guild.list_runs(path(other, "runs"))
+        self.assertEqual([(r.id, r.status) for r in runs],
+                         [(ids[0], "staged"), (ids[1], "completed")])
+        self.assertEqual(runs[1].scalars(), {"loss": 0.5})
+        self.assertEqual(sorted(os.listdir(other)), ["cache", "runs"])
+        code, out = guild_cmd(["run", "queue", "run-once=yes", "-y"],
+                              cwd=self.project, guild_home=other)
+        self.assertIn("lr=0.1", out)  # the staged run was queued
+        self.guild("export", out_dir, "--move", "1", "-y")  # there: kept
+        self.guild("export", path(out_dir, "more"), "--move", "1", "-y")
+        self.assertEqual([r.id for r in self.runs()], ids[1:])
+        self.assertGuildError(imp(path(other, "nope")), "does not exist")
+        self.assertGuildError(imp(path(self.project, "s.py")),
+                              "is not a zip archive")
+        self.assertGuildError(imp(out_zip, "--move"), "--move takes")
+
     def test_run_dir(self):
         self.copy_sample("train.py")
         run_dir = path(mkdtemp(), "myrun")
