@@ -6894,11 +6894,17 @@ def _same_completed_run(attrs):
     return None
 
 
+def _trial_table(attrs):
+    """(flag names, trials) a run would start: a batch's trials, or the
+    run's own flags."""
+    trials = batch_trials(attrs) if "proto" in attrs else [attrs["flags"]]
+    return sorted(set().union(*trials)) if trials else [], trials
+
+
 def _save_trials(attrs, dest):
     """Write the trials a run would start as CSV, or JSON if dest ends
     with .json (run --save-trials): a batch file `@dest` runs them."""
-    trials = batch_trials(attrs) if "proto" in attrs else [attrs["flags"]]
-    names = sorted(set().union(*trials)) if trials else []
+    names, trials = _trial_table(attrs)
     try:
         with open(dest, "w", newline="", encoding="utf-8") as f:
             if dest.lower().endswith(".json"):
@@ -6954,8 +6960,7 @@ def _run_prompt(args, attrs):
 
 
 def _print_trials(attrs):
-    trials = batch_trials(attrs) if "proto" in attrs else [attrs["flags"]]
-    names = sorted(set().union(*trials)) if trials else []
+    names, trials = _trial_table(attrs)
     rows = [["#"] + names] + [
         [str(i)] + [encode_flag_val(t.get(n)) for n in names]
         for i, t in enumerate(trials, 1)]
