@@ -6787,6 +6787,9 @@ def _build_run_parser(p):
     p.add_argument("--no-gpus", action="store_true",
                    help="hide every GPU from the run "
                    "(CUDA_VISIBLE_DEVICES=)")
+    p.add_argument("-b", "--background", action="store_true",
+                   help="start the run detached from this terminal, print "
+                   "its id and return (guild watch follows it)")
     p.add_argument("--keep-batch", action="store_true",
                    help="keep the batch run when done (it is always kept)")
 
@@ -6812,6 +6815,9 @@ def _cmd_run(args):
         if args.gpus:
             raise UsageError("--gpus and --no-gpus cannot be used together")
         args.gpus = ""  # CUDA_VISIBLE_DEVICES= : the script sees no GPU
+    if args.background and args.stage:
+        raise UsageError("--background and --stage cannot be used "
+                         "together")
     if args.stop_after is not None and args.stop_after <= 0:
         raise UsageError("--stop-after takes minutes, more than 0")
     if args.help_op:
@@ -6845,12 +6851,37 @@ def _cmd_run(args):
             return 0
     if not _confirm(_run_prompt(args, attrs), yes=args.yes):
         raise GuildError("aborted")
-    run = _create_run(attrs, args.stage, os.path.abspath(args.run_dir)
-                      if args.run_dir else None)
+    run = _create_run(attrs, args.stage or args.background,
+                      os.path.abspath(args.run_dir) if args.run_dir
+                      else None)
+    if args.background:
+        _start_detached(run)
+        print("Started %s in the background (guild watch %s follows it)"
+              % (run.id, run.short_id))
+        return 0
     if args.stage:
         _print_staged(run, bool(args.run_dir))
         return 0
     return _exit_code(_start_run(run))
+
+
+def _start_detached(run):
+    """Start staged run by `guild run --start` in a process of its own
+    session, detached from this terminal: closing it, or Ctrl-C here,
+    does not stop the run (guild stop does)."""
+    import subprocess
+    options = {}
+    if IS_WINDOWS:  # pragma: no cover - exercised on Windows only
+        options["creationflags"] = (subprocess.DETACHED_PROCESS |
+                                    subprocess.CREATE_NEW_PROCESS_GROUP)
+    else:
+        options["start_new_session"] = True
+    subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "run", "--start",
+         run.id, "-y", "-q"], stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=dict(os.environ, GUILD_HOME=_guild_home()), close_fds=True,
+        **options)
 
 
 def _parse_opt_flags(args):
@@ -7933,6 +7964,92 @@ def _diff_with_program(cmd, pairs):
             sys.stdout.flush()
             subprocess.call(argv + paths)
     return 0
+
+
+def _build_watch_parser(p):
+    p.description = (
+        "Show a run's output and follow it as it grows until the run ends "
+        "(default: the newest running run the filters select). Ctrl-C "
+        "stops watching; the run goes on.")
+    p.add_argument("run", nargs="?", metavar="RUN", help="the run")
+    p.add_argument("-p", "--pid", metavar="PID",
+                   help="the run whose process is PID (or whose pid is in "
+                   "file PID)")
+    _add_filter_args(p)
+
+
+@_command("watch", "follow a run's output until it ends",
+          _build_watch_parser)
+def _cmd_watch(args):
+    summaries, runs = _listing(args)
+    if args.pid:
+        run = _run_of_pid(args.pid, runs)
+    elif args.run:
+        run = _select_one(args.run, runs)
+    else:
+        running = [r for x, r in zip(summaries, runs)
+                   if x["status"] in ("running", "pending")]
+        if not running:
+            raise RunError("no running run to watch: give a RUN to show "
+                           "a finished one's output")
+        run = running[0]
+    sys.stderr.write("Watching %s (%s); Ctrl-C stops watching, not the "
+                     "run\n" % (run.short_id, run.op_desc))
+    sys.stderr.flush()
+    try:
+        _follow_output(run)
+    except KeyboardInterrupt:  # the run is not ours to stop
+        return 0
+    sys.stderr.write("Run %s %s\n" % (run.short_id, run.status))
+    return 0
+
+
+def _run_of_pid(text, runs):
+    """The run whose recorded process (or script process) has pid text,
+    or the pid written in file text."""
+    if not text.isdigit():
+        try:
+            with open(text) as f:
+                pid_text = f.read().strip()
+        except OSError as e:
+            raise GuildError("cannot read pid file '%s': %s"
+                             % (text, e.strerror))
+        if not pid_text.isdigit():
+            raise GuildError("pid file '%s' holds no pid" % text)
+        text = pid_text
+    pid = int(text)
+    for run in runs:
+        proc = _read_json(run.guild_path(PROC_ATTRS))
+        if not isinstance(proc, dict):
+            continue
+        child = proc.get("child") or {}
+        if pid in (proc.get("pid"), child.get("pid")) and \
+                proc.get("host", HOST) == HOST:
+            return run
+    raise RunError("no run has process %d" % pid)
+
+
+def _follow_output(run):
+    """Write the run's output to stdout as it grows, until it ends."""
+    path = run.guild_path(OUTPUT_FILE)
+    offset, delay = 0, 0.01
+    while True:
+        ended = run.status not in ("running", "pending", "staged")
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read(OUTPUT_CHUNK)
+        except FileNotFoundError:
+            chunk = b""
+        if chunk:
+            _write_stdout(chunk)
+            offset += len(chunk)
+            delay = 0.01
+            continue
+        if ended:
+            return
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
 
 
 def _build_ls_parser(p):

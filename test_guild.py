@@ -2992,6 +2992,55 @@ class StopTest(GuildTestCase):
         self.assertGuildError(self.guild("stop", "-y"),
                               "runs on host %s-b: stop it there" % guild.HOST)
 
+    def test_background_run_and_watch(self):
+        write(path(self.project, "bg.py"), "import os, time\n"
+              "print('started', flush=True)\n"
+              "while not os.path.exists(os.path.join(%r, 'go')):\n"
+              "    time.sleep(0.01)\nprint('loss: 1')\n" % self.project)
+        code, out = self.guild("run", "bg.py", "-b", "-y")
+        self.assertEqual(code, 0, out)
+        run = self.runs()[0]
+        self.assertEqual(out, "Started %s in the background (guild watch "
+                         "%s follows it)\n" % (run.id, run.short_id))
+        deadline = time.monotonic() + 30
+        while run.status != "running" or "started" not in self.guild(
+                "cat", "-O")[1]:
+            self.assertLess(time.monotonic(), deadline, run.status)
+            time.sleep(0.01)
+        if not IS_WINDOWS:  # its own session: not this terminal's
+            pid = guild._read_json(run.guild_path("proc.json"))["pid"]
+            self.assertNotEqual(os.getsid(pid), os.getsid(0))
+        watcher = self.start_guild("watch", until=b"started")
+        write(path(self.project, "go"), "")
+        rest = watcher.stdout.read().decode()
+        self.assertEqual(watcher.wait(timeout=30), 0)
+        self.assertIn("loss: 1\nRun %s completed" % run.short_id, rest)
+        self.assertEqual(run.status, "completed")
+        self.assertEqual(self.guild("watch", "1")[1].splitlines()[1:],
+                         ["started", "loss: 1",
+                          "Run %s completed" % run.short_id])
+        self.assertGuildError(self.guild("watch"), "no running run")
+        self.assertGuildError(self.guild("watch", "--pid", "999999999"),
+                              "no run has process 999999999")
+
+    def test_ctrl_c_in_watch_leaves_the_run_running(self):
+        self.copy_sample("sleep.py")
+        self.guild("run", "sleep.py", "-b", "-y")
+        run = self.runs()[0]
+        deadline = time.monotonic() + 30
+        while "sleeping" not in self.guild("cat", "-O")[1]:
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.01)
+        pid_file = path(self.project, "pid")
+        write(pid_file, "%d\n" % guild._read_json(
+            run.guild_path("proc.json"))["pid"])
+        watcher = self.start_guild("watch", "--pid", pid_file)
+        watcher.send_signal(signal.SIGINT)
+        self.assertEqual(watcher.wait(timeout=30), 0)
+        self.assertEqual(run.status, "running")
+        self.guild("stop", "-y")
+        self.assertEqual(run.status, "terminated")
+
     def test_script_killed_is_error(self):
         self.copy_sample("sleep.py")
         p = self.start_sleep("sleep.py")
