@@ -1388,7 +1388,8 @@ class RunTest(GuildTestCase):
         self.assertEqual(code, 0)
         self.assertIn("--- %s/flags\n+++ %s/flags\n@@ -1 +1 @@\n-x: 1\n"
                       "+x: 2\n" % (old.short_id, new.short_id), out)
-        self.assertIn("-label: x=1\n+label: x=2\n", out)
+        self.assertIn("\n-label: x=1\n", out)
+        self.assertIn("\n+label: x=2\n", out)
         self.assertNotIn("/d.py", out)  # the same source
         self.assertEqual(self.guild("diff", "--flags", "2", "2"), (0, ""))
         self.assertIn("-x is 1\n+x is 2\n", self.guild("diff", "-O")[1])
