@@ -7475,12 +7475,19 @@ def _import_run(run, runs_dir, move, scratch):
     scratch (a directory beside the store) then renamed into place, so a
     listing never sees half a run; a staged run is queued."""
     target = os.path.join(runs_dir, run.id)
+    moved = False
     if move:
-        shutil.move(run.dir, target)
-    else:
+        try:
+            os.rename(run.dir, target)
+            moved = True
+        except OSError:  # another file system: copy, then delete
+            pass
+    if not moved:
         partial = os.path.join(scratch, "copy-" + run.id)
         shutil.copytree(run.dir, partial, symlinks=True)
         os.rename(partial, target)
+        if move:
+            shutil.rmtree(run.dir)
     imported = Run(run.id, target)
     if imported.status == "staged":
         _index_put("staged", _index_name(run.id, imported.get("created")),
