@@ -8593,6 +8593,16 @@ def _add_commands(p, parent, words):
             _add_commands(cp, cmd.name, words[1:])
 
 
+_STATUS_LETTERS = {name[0]: name for name in STATUS_FILTERS}
+
+
+def _status_flags(word):
+    """Guild AI's combined status filters, `-Set` for `-Se -St`."""
+    if re.match(r"^-S[%s]{2,}$" % "".join(_STATUS_LETTERS), word):
+        return ["-S" + letter for letter in word[2:]]
+    return [word]
+
+
 def _take_extra_flags(args, extra):
     """Accept NAME=VAL words after options (`run op --stage x=1`), and RUN
     words after options that follow other positionals (`export DIR
@@ -8613,6 +8623,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     _log_to_terminal(True)
     try:
+        argv = [w for word in argv for w in _status_flags(word)]
         args, extra = _parser(argv).parse_known_args(argv)
         _take_extra_flags(args, extra)
         if args.guild_home:

@@ -3501,6 +3501,9 @@ class TagCommentMarkTest(FourRunsTestCase):
         self.assertIn("Showing the first 1 runs (4 total)", out)
         self.assertEqual(self.guild("runs", "-n", "1", "-m")[1].count(
             "\n"), 4)
+        # Guild AI's combined status filters
+        self.assertEqual(self.guild("runs", "-Sst")[1].count("\n"), 4)
+        self.assertEqual(self.guild("runs", "-Sct"), (0, ""))
 
 
 class CompareSelectTest(GuildTestCase):
