@@ -154,6 +154,13 @@ def require(what, available, install):
     raise unittest.SkipTest(reason)
 
 
+def _default_sigint():
+    """In a child about to exec: take Ctrl-C as a terminal would give it.
+    A suite started in the background (`make test &`, nohup) has SIGINT
+    ignored, which children inherit, and tests that send it would hang."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class SetGuildHome:
     """Set GUILD_HOME for the duration of a with block."""
 
@@ -332,7 +339,8 @@ class GuildTestCase(unittest.TestCase):
         p = subprocess.Popen(
             [sys.executable, GUILD_PY] + list(args), cwd=self.project,
             env=dict(os.environ, GUILD_HOME=self.home),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            preexec_fn=None if IS_WINDOWS else _default_sigint)
         self.addCleanup(p.stdout.close)
         while until not in p.stdout.readline():
             if p.poll() is not None:
