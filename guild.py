@@ -6841,7 +6841,7 @@ def _cmd_run(args):
         _save_trials(attrs, args.save_trials)
         return 0
     if args.print_cmd:
-        print(_shell_join(_user_command(attrs.get("proto") or attrs)))
+        print(_shell_join(_script_words(attrs.get("proto") or attrs)[1]))
         return 0
     if args.needed and "proto" not in attrs:
         done = _same_completed_run(attrs)
@@ -6950,12 +6950,6 @@ def _save_trials(attrs, dest):
         raise GuildError("cannot write trials to '%s': %s"
                          % (dest, e.strerror))
     print("Saved %d trial(s) to %s" % (len(trials), dest))
-
-
-def _user_command(attrs):
-    """The command a run of a script runs, as a user would type it."""
-    cmd = _script_command(attrs)
-    return [cmd[0]] + cmd[4:]
 
 
 def _shell_join(args):
