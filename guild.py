@@ -7089,8 +7089,7 @@ def _cmd_runs_info(args):
 
 def _info_lines(run, info, with_stats=False):
     """runs info's text: the attributes, flags, scalars and comments."""
-    lines = [("%s: %s" % item).rstrip() for item in
-             _run_info_items(run, info)]
+    lines = ["%s: %s" % item for item in _run_info_items(run, info)]
     lines.append("flags:")
     lines += ["  %s: %s" % (n, encode_flag_val(v))
               for n, v in info["flags"].items()]
@@ -7163,7 +7162,7 @@ def _cmd_runs_list(args):
         print(line)
         if args.verbose:
             for item in _run_info_items(run):
-                print(("  %s: %s" % item).rstrip())
+                print("  %s: %s" % item)
     if len(shown) < len(summaries):
         print("Showing the first %d runs (%d total) - use --all to show "
               "all or -m to show more" % (len(shown), len(summaries)),
