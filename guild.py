@@ -4242,14 +4242,23 @@ def _batch_trial_summaries(batch_run):
 
 
 _UNFINISHED = ("staged", "pending", "running")
+# A script records its own exit, so a trial run by a queue can read as
+# finished just before the queue has written the scalars of its last
+# lines: a trial that finished without the objective is read again for a
+# while.
+_LATE_SCALARS_US = 30 * 1000000
 
 
-def _reread_unfinished(trials):
-    """trials (summaries) with those not finished read again from their
-    run directories; a trial whose directory is gone is dropped."""
+def _reread_unfinished(trials, scalar):
+    """trials (summaries) with those not finished, or finished lately
+    without scalar, read again from their run directories; a trial whose
+    directory is gone is dropped."""
     fresh = []
+    now = _timestamp()
     for x in trials:
-        if x["status"] in _UNFINISHED:
+        if x["status"] in _UNFINISHED or (
+                scalar not in x["scalars"] and
+                now - (x["stopped"] or 0) < _LATE_SCALARS_US):
             x = _run_summary(x["id"], os.path.join(_runs_dir(), x["id"]),
                              0, 0)
             if x is None:
@@ -4322,7 +4331,7 @@ def _run_tpe_batch(batch_run, attrs):
     trials = _batch_trial_summaries(batch_run)
     try:
         while True:
-            trials = _reread_unfinished(trials)
+            trials = _reread_unfinished(trials, scalar)
             waiting = [x for x in trials if x["status"] in _UNFINISHED]
             if len(trials) < max_trials and len(waiting) < in_flight:
                 trial = init_trial_run(batch_run, _tpe_next_flags(

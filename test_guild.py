@@ -2074,6 +2074,19 @@ class TpeBatchTest(GuildTestCase):
         queue.send_signal(signal.SIGTERM)
         queue.wait(timeout=30)
 
+    def test_late_scalars_are_read_again(self):
+        # A queue may write a trial's last scalars just after the trial's
+        # script recorded its exit: a finished trial without the objective
+        # is read again for a while, then taken as it is.
+        self.guild("run", "quad.py", "-y")
+        [done] = guild.run_summaries()
+        self.assertIn("loss", done["scalars"])
+        early = dict(done, scalars={}, stopped=guild._timestamp())
+        [again] = guild._reread_unfinished([early], "loss")
+        self.assertIn("loss", again["scalars"])
+        late = dict(early, stopped=1)
+        self.assertEqual(guild._reread_unfinished([late], "loss"), [late])
+
     def test_refusals(self):
         for args, message in [
                 (["-o", "gp"], "optimizer 'gp' is Guild AI's, built on "
