@@ -2466,6 +2466,9 @@ CHECKPOINTED = """\
 import os, signal, sys, time
 steps = 4
 step_seconds = 0.01
+fail = 0
+if fail:
+    sys.exit(fail)
 ckpt = os.path.join(os.environ["RUN_DIR"], "ckpt")
 start = int(open(ckpt).read()) if os.path.exists(ckpt) else 0
 notice = []
@@ -2825,14 +2828,15 @@ class SlurmTest(GuildTestCase):
         return proc.get("slurm") and self.run_of(run_id).status == "running"
 
     def test_pull_workers_start_each_run_once(self):
-        ids = self.stage(20, steps=1)
+        ids = self.stage(19, steps=1) + self.stage(1, fail=3)
         code, out = self.guild("slurm", "submit", "-y", "--workers", "4",
                                "--wait")
-        self.assertEqual(code, 0, out)
-        self.assertIn("runs: 20 completed", out)
+        self.assertEqual(code, 1, out)
+        self.assertIn("runs: 19 completed, 1 error", out)
+        self.assertIn("guild: not every run completed (error)", out)
         self.assertEqual(self.starts(), {i: 1 for i in ids})
-        self.assertEqual([r.status for r in self.runs()],
-                         ["completed"] * 24)  # 20 runs, 4 queues
+        self.assertEqual(sorted(r.status for r in self.runs()),
+                         ["completed"] * 23 + ["error"])  # and 4 queues
         code, out = self.guild("slurm", "status")
         self.assertIn("4 pull workers, 20 runs", out)
         code, out = self.guild("slurm", "logs")
