@@ -202,6 +202,12 @@ PREEMPT_GRACE_SECONDS = 105  # after a USR1 notice, before SIGTERM
 DEFAULT_MAX_REQUEUES = 3  # interrupted attempts before a run stays ended
 OUTPUT_CHUNK = 1 << 20  # bytes of a run's output relayed at a time
 MAX_SCALAR_LINE = 4096  # longer output lines are not scalars
+# Bounds on search spaces: values a sequence (range[...]) may expand to,
+# trials a batch may run (-m samples larger grids, lazily), and the size
+# of a number in a search space.
+MAX_SEQUENCE_VALUES = 100000
+MAX_TRIALS = 100000
+MAX_SEARCH_NUMBER = 1e300
 INDEX_VERIFY_SECONDS = 60
 
 # Files in a run's `.guild` directory. Each says one thing about the run.
@@ -291,6 +297,18 @@ def _echo(text=""):
     """Print a line for the user, recording it in open run outputs."""
     _tee((text + "\n").encode("utf-8"), show=False)
     print(text, flush=True)
+
+
+def _set_stdout_errors(errors):
+    """Set how sys.stdout writes what its encoding cannot (a lone
+    surrogate in a flag value on disk must not stop a listing); return
+    the previous setting, or None if this stdout cannot change."""
+    old = getattr(sys.stdout, "errors", None)
+    if errors is None or old is None or not hasattr(sys.stdout,
+                                                    "reconfigure"):
+        return None
+    sys.stdout.reconfigure(errors=errors)
+    return old
 
 
 def _logger(name):
@@ -437,6 +455,83 @@ def _read_json(path, default=None):
         return default
 
 
+# The type of each field guild.py reads from its metadata files. A file
+# damaged by a crash, a full disk or a hand edit may hold anything: a field
+# of another type is read as missing, and the damage is reported.
+_RECORD_FIELDS = {
+    RUN_ATTRS: {"op": dict, "flags": dict, "label": str, "created": int,
+                 "batch": str, "project": str, "sourcecode": list,
+                 "proto": dict, "id": str},
+    PROC_ATTRS: {"pid": int, "started": int, "host": str, "child": dict,
+                  "command": list},
+    EXIT_ATTRS: {"exit_status": int, "stopped": int, "status": str},
+}
+
+
+def _read_record(path):
+    """(record, problem) of a metadata file: record is a dict (fields of
+    the wrong type left out) or None; problem says what is wrong with the
+    file (None if it is missing or sound)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None, None
+    except IsADirectoryError:
+        return None, "is a directory"
+    except OSError as e:
+        return None, "cannot be read (%s)" % e.strerror
+    if not data.strip(b" \t\r\n"):
+        return None, "is empty"
+    if b"\0" in data:
+        return None, "holds NUL bytes"
+    try:
+        record = json.loads(data.decode("utf-8"))
+    except ValueError:
+        return None, "is not valid JSON (cut short?)"
+    if not isinstance(record, dict):
+        return None, "holds %s, not an object" % _json_type(record)
+    problems = []
+    for name, want in _RECORD_FIELDS.get(os.path.basename(path),
+                                         {}).items():
+        val = record.get(name)
+        if val is not None and (not isinstance(val, want) or (
+                want is int and isinstance(val, bool))):
+            problems.append("%s is %s, not %s" % (
+                name, _json_type(val), _json_type(want())))
+            del record[name]
+    return record, "; ".join(problems) or None
+
+
+def _json_type(val):
+    """How JSON names the type of val: a number, text, a list ..."""
+    if isinstance(val, bool):
+        return "a boolean"
+    if isinstance(val, (int, float)):
+        return "a number"
+    if isinstance(val, str):
+        return "text"
+    if isinstance(val, list):
+        return "a list"
+    if isinstance(val, dict):
+        return "an object"
+    return "null"
+
+
+def _field(record, name, want, default=None):
+    """record[name] if it is a want (a type), else default ({} for a
+    dict): nested fields of a damaged file are read as missing too."""
+    val = record.get(name) if isinstance(record, dict) else None
+    if isinstance(val, want) and not (want is int and isinstance(val, bool)):
+        return val
+    return {} if default is None and want is dict else default
+
+
+def _read_dict(path):
+    """A metadata file's record (see _read_record), or {}."""
+    return _read_record(path)[0] or {}
+
+
 def _write_json(path, data):
     """Write JSON atomically: readers see the old file or the new one."""
     _write_text(path, json.dumps(data))  # C; json.dump is pure Python
@@ -517,10 +612,107 @@ def _runs_dir():
 def _ensure_dir(path):
     try:
         os.makedirs(path, exist_ok=True)
-    except FileExistsError:
-        raise GuildError("'%s' is not a directory" % path)
+    except (FileExistsError, NotADirectoryError):
+        blocker = path
+        while os.path.dirname(blocker) != blocker and (
+                not os.path.lexists(blocker) or os.path.isdir(blocker)):
+            blocker = os.path.dirname(blocker)
+        raise GuildError("cannot make directory '%s': '%s' is a file; move "
+                         "it away and try again" % (path, blocker))
     except OSError as e:
         raise GuildError("cannot create '%s': %s" % (path, e.strerror))
+
+
+# Caches (GUILD_HOME/cache) are rebuilt from the run directories, so they
+# heal: a file where the cache needs a directory, or a directory where it
+# needs a file, is moved aside to GUILD_HOME/cache.damaged with a warning.
+
+_WAY_ERRORS = (NotADirectoryError, IsADirectoryError, FileExistsError)
+
+
+def _write_cache_json(path, data):
+    """Write a cache file, making its directory, even if another process
+    deletes the cache as we write (a deleted cache is rebuilt), or
+    something is in the way (moved aside)."""
+    for attempt in range(10):
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            _write_json(path, data)
+            return
+        except FileNotFoundError:
+            if attempt == 9:
+                raise
+        except _WAY_ERRORS:
+            if attempt == 9 or not _make_cache_way(path):
+                raise
+
+
+def _ensure_cache_dir(path):
+    """Make cache directory path, moving aside what is in its way."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except _WAY_ERRORS:
+        _make_cache_way(path, is_dir=True)
+        os.makedirs(path, exist_ok=True)
+
+
+def _make_cache_way(path, is_dir=False):
+    """Move aside what stands where cache file path (with is_dir, cache
+    directory path) or one of its directories should be; True if
+    something was moved. Damage under cache/index also makes the index
+    be rebuilt."""
+    chain = []
+    head = path
+    while os.path.basename(head) != "cache" or head == _guild_home():
+        chain.append(head)
+        if len(chain) > 3:
+            return False  # not a cache path: cache/index/KIND/NAME at most
+        head = os.path.dirname(head)
+    leaf = chain.pop(0)
+    chain = [head] + chain[::-1]  # cache, its subdirectories, ... leaf's
+    if is_dir:
+        chain.append(leaf)
+    home = os.path.dirname(head)
+    moved = False
+    for d in chain:
+        if os.path.lexists(d) and not os.path.isdir(d):
+            moved = _move_aside(d, home)
+            break
+    else:
+        if not is_dir and os.path.isdir(leaf):
+            moved = _move_aside(leaf, home)
+    if moved and os.sep + "index" in path[len(head):]:
+        _remove_path(os.path.join(head, "index", "version"), home)
+    return moved
+
+
+def _move_aside(path, home):
+    """Move a damaged cache path to HOME/cache.damaged, warning; True."""
+    rel = os.path.relpath(path, home).replace(os.sep, "_")
+    dest = os.path.join(home, "cache.damaged", "%s.%d" % (rel, _timestamp()))
+    try:
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        os.replace(path, dest)
+    except FileNotFoundError:
+        return True  # another process moved it
+    except OSError as e:
+        raise GuildError("'%s' is in the way of guild's cache and cannot "
+                         "be moved (%s): remove it" % (path, e.strerror))
+    log.warning("'%s' was not what guild's cache keeps there: moved it to "
+                "'%s' (the cache is rebuilt)", path, dest)
+    return True
+
+
+def _remove_path(path, home):
+    """Remove a cache file; a directory in its place is moved aside."""
+    try:
+        os.remove(path)
+    except (FileNotFoundError, NotADirectoryError):
+        pass  # a file in its directory's place is moved when listed
+    except OSError:
+        if not os.path.isdir(path):
+            raise
+        _move_aside(path, home)
 
 
 if IS_WINDOWS:  # pragma: no cover - exercised on Windows only
@@ -750,8 +942,11 @@ class Lock:
     def acquire(self):
         """Acquire the lock, waiting up to self.timeout seconds."""
         locks_dir = os.path.join(_guild_home(), "locks")
-        _ensure_dir(locks_dir)
+        _ensure_dir(locks_dir)  # not healed: others may hold locks there
         path = os.path.join(locks_dir, self.name)
+        if os.path.isdir(path):
+            raise GuildError("the lock file '%s' is a directory: remove it "
+                             "(guild makes it anew)" % path)
         with _lock_state_guard:
             state = _lock_states.setdefault(path, _LockState())
         deadline = None if self.timeout is None else (
@@ -842,7 +1037,11 @@ def decode_flag_val(s):
     if lower == "null":
         return None
     if _INT_RE.match(s):
-        return int(s)
+        try:
+            return int(s)
+        except ValueError:  # more digits than int() takes (Python 3.11+)
+            raise FlagError("invalid number %s...: too many digits"
+                            % s[:20])
     if _FLOAT_RE.match(s):
         return float(s)
     return s
@@ -942,6 +1141,10 @@ def _search_args(fn, s, body):
                 not isinstance(val, (int, float)):
             raise FlagError("invalid %s: %s takes numbers, as in %s"
                             % (s, fn, _SEARCH_USAGE[fn]))
+        if not math.isfinite(val) or abs(val) > MAX_SEARCH_NUMBER:
+            raise FlagError("invalid %s: %s is out of range (at most %g "
+                            "either side of 0)" % (s, part.strip(),
+                                                   MAX_SEARCH_NUMBER))
         args.append(val)
     return args
 
@@ -959,6 +1162,24 @@ def _round(x):
 
 
 def _expand_sequence(fn, s, args):
+    try:
+        values = _sequence_values(fn, s, args)
+    except OverflowError:
+        values = None
+    if values is None or not all(map(math.isfinite, values)):
+        raise FlagError("invalid %s: its values are out of range" % s)
+    return values
+
+
+def _check_count(s, count):
+    if count > MAX_SEQUENCE_VALUES:
+        raise FlagError(
+            "invalid %s: %d values, more than the %d a list may hold; for "
+            "a larger space use random search over uniform[LOW:HIGH]"
+            % (s, count, MAX_SEQUENCE_VALUES))
+
+
+def _sequence_values(fn, s, args):
     if fn == "range":
         if len(args) not in (2, 3):
             raise FlagError("invalid %s: expected range[START:STOP:STEP]"
@@ -969,7 +1190,11 @@ def _expand_sequence(fn, s, args):
             raise FlagError("invalid %s: STEP cannot be 0" % s)
         if (stop - start) * step < 0:
             raise FlagError("invalid %s: STEP goes away from STOP" % s)
-        count = int((stop - start) / step + 1e-9) + 1
+        if all(isinstance(a, int) for a in (start, stop, step)):
+            count = (stop - start) // step + 1
+        else:
+            count = int((stop - start) / step + 1e-9) + 1
+        _check_count(s, count)
         if all(isinstance(a, int) for a in (start, stop, step)):
             return [start + i * step for i in range(count)]
         return [_round(start + i * step) for i in range(count)]
@@ -980,6 +1205,7 @@ def _expand_sequence(fn, s, args):
     if not isinstance(count, int) or count < 1:
         raise FlagError("invalid %s: COUNT must be a whole number of at "
                         "least 1" % s)
+    _check_count(s, count)
     if fn == "geomspace" and (start == 0 or stop == 0 or
                               (start < 0) != (stop < 0)):
         raise FlagError("invalid %s: geomspace bounds must be non-zero "
@@ -1053,6 +1279,7 @@ def _coerce_flag_val(name, raw, flagdef):
     coerced element by element, a sequence's values likewise; a float
     flag's distribution samples floats.
     """
+    _check_text(name, raw)
     stripped = raw.strip()
     form = _search_form(stripped)
     if form is not None and form[0] == "":  # a list: type each element
@@ -1080,6 +1307,20 @@ def _declared_int(flagdef):
     """True if the script itself makes the flag's value an int."""
     return (flagdef or {}).get("type") == "int" and \
         bool((flagdef or {}).get("declared"))
+
+
+_UNSAFE_TEXT_RE = re.compile("[\0\ud800-\udfff]")
+
+
+def _check_text(name, text):
+    """FlagError if text cannot be a flag value: a NUL byte (no process
+    argument can hold one) or a lone surrogate (text that is not Unicode,
+    such as bytes that are not UTF-8)."""
+    bad = _UNSAFE_TEXT_RE.search(text)
+    if bad:
+        raise FlagError("invalid value for %s: %s" % (name, "a NUL byte is "
+                        "not allowed" if bad.group() == "\0" else
+                        "not valid Unicode text (%r)" % bad.group()))
 
 
 def _coerce_number(name, raw, x, flagdef):
@@ -1209,7 +1450,8 @@ def _script_flagdefs(script_path):
                               key + ".json")
     cached = _read_json(cache_path)
     if isinstance(cached, dict) and cached.get("source") == \
-            source.decode("utf-8", "replace"):
+            source.decode("utf-8", "replace") and cached.get("mode") in (
+                "args", "globals") and _sound_flagdefs(cached.get("flags")):
         return cached["mode"], cached["flags"]
     import ast  # only when a script is new or changed
     try:
@@ -1228,6 +1470,19 @@ def _script_flagdefs(script_path):
                                    "source": source.decode("utf-8",
                                                            "replace")})
     return mode, flags
+
+
+def _sound_flagdefs(flags):
+    """True if flags (from the flags cache) are flag defs guild can use;
+    a damaged entry is made anew."""
+    return isinstance(flags, dict) and all(
+        isinstance(fd, dict)
+        and fd.get("type") in (None, "string", "int", "float", "boolean")
+        and isinstance(fd.get("choices") or [], list)
+        and isinstance(fd.get("help") or "", str)
+        and isinstance(fd.get("arg", ""), str)
+        and isinstance(fd.get("kind", ""), str)
+        for fd in flags.values())
 
 
 _PARSER_MODULES = ("argparse", "click")
@@ -1286,7 +1541,7 @@ def _argparse_flagdefs(script_path, cache_path):
     probe, section 11).
     """
     out_path = "%s.%s.out" % (cache_path, os.urandom(4).hex())
-    _ensure_dir(os.path.dirname(cache_path))
+    _ensure_cache_dir(os.path.dirname(cache_path))
     script = os.path.abspath(script_path)
     proc = _start_script_process(
         ["probe", out_path, script], os.path.dirname(script),
@@ -1717,20 +1972,19 @@ class Run:
         return os.path.join(self.dir, ".guild", *parts)
 
     def _attrs(self):
-        attrs = _read_json(self.guild_path(RUN_ATTRS))
-        if not isinstance(attrs, dict):
-            raise RunError("run %s has no readable %s" % (self.id, RUN_ATTRS))
+        attrs, problem = _read_record(self.guild_path(RUN_ATTRS))
+        if attrs is None:
+            raise RunError("run %s has no readable %s: it %s" % (
+                self.id, RUN_ATTRS, problem or "is missing"))
         return attrs
 
     def get(self, name, default=None):
         """Return attribute name: flags, label, started, exit_status ..."""
         if name in ("started", "pid"):
-            return (_read_json(self.guild_path(PROC_ATTRS)) or {}).get(
-                name, default)
+            return _read_dict(self.guild_path(PROC_ATTRS)).get(name, default)
         if name in ("stopped", "exit_status"):
-            return (_read_json(self.guild_path(EXIT_ATTRS)) or {}).get(
-                name, default)
-        return self._attrs().get(name, default)
+            return _read_dict(self.guild_path(EXIT_ATTRS)).get(name, default)
+        return _read_dict(self.guild_path(RUN_ATTRS)).get(name, default)
 
     @property
     def opref(self):
@@ -1740,8 +1994,9 @@ class Run:
 
     @property
     def op_desc(self):
-        """The operation as listings show it: say.py, say.py+, queue."""
-        return _op_desc(self._attrs())
+        """The operation as listings show it: say.py, say.py+, queue;
+        ? if its run.json is unreadable."""
+        return _op_desc(_read_dict(self.guild_path(RUN_ATTRS)))
 
     @property
     def flags(self):
@@ -1771,13 +2026,49 @@ class Run:
         return "<guild.Run %s>" % self.id
 
 
+def _run_file(run, rel):
+    """The path of file rel in run's directory; RunError if rel leaves
+    it (an absolute path, `..`, or a symlink that points out)."""
+    root = os.path.realpath(run.dir)
+    path = os.path.realpath(os.path.join(root, rel))
+    try:
+        inside = os.path.commonpath([root, path]) == root
+    except ValueError:  # another drive
+        inside = False
+    if os.path.isabs(rel) or not inside:
+        raise RunError("'%s' is not a path inside run %s" % (rel, run.id))
+    return path
+
+
 def _op_desc(attrs):
-    op = attrs.get("op") or {}
+    op = _field(attrs, "op", dict)
+    name = _field(op, "name", str, "?")
     if op.get("kind") == "batch":
-        proto_op = (attrs.get("proto") or {}).get("op") or {}
-        suffix = "" if op.get("name") == "+" else op.get("name", "")
-        return "%s+%s" % (proto_op.get("name", ""), suffix)
-    return op.get("name", "?")
+        proto_op = _field(_field(attrs, "proto", dict), "op", dict)
+        return "%s+%s" % (_field(proto_op, "name", str, "?"),
+                          "" if name == "+" else name)
+    return name
+
+
+def _unstartable(attrs):
+    """Why a run with attrs (run.json) cannot start, or None."""
+    op = _field(attrs, "op", dict)
+    kind = op.get("kind")
+    if kind == "batch":
+        op = _field(_field(attrs, "proto", dict), "op", dict)
+        if op.get("kind") != "script":
+            return "its run.json names no script for its trials"
+    elif kind not in ("script", "queue"):
+        return "its run.json names no operation"
+    if op.get("kind") == "script" and not (
+            _field(op, "script", str) and _field(op, "project", str)):
+        return "its run.json names no script"
+    return None
+
+
+_OP_KINDS = ("script", "batch", "queue")
+_EXIT_STATUSES = ("completed", "error", "terminated")
+RUN_STATUSES = ("staged", "pending", "running") + _EXIT_STATUSES
 
 
 STATUS_FILTERS = ("staged", "pending", "running", "completed", "error",
@@ -1791,41 +2082,86 @@ def run_status(run_dir):
     record means running if that very process (pid plus start time), or
     the script it started, is alive, and error if both died before an exit
     was recorded. A claim by a live process means pending; a dead
-    claimer's claim is void, so its run is staged again.
+    claimer's claim is void, so its run is staged again. These files are
+    written whole (see _write_json): one that is there but unreadable was
+    damaged after, and its run is error.
     """
     gdir = os.path.join(run_dir, ".guild")
-    exit_attrs = _read_json(os.path.join(gdir, EXIT_ATTRS))
-    if isinstance(exit_attrs, dict):
-        return exit_attrs.get("status", "error")
+    exit_attrs, problem = _read_record(os.path.join(gdir, EXIT_ATTRS))
+    if exit_attrs is not None:
+        status = exit_attrs.get("status")
+        return status if status in _EXIT_STATUSES else "error"
     proc_path = os.path.join(gdir, PROC_ATTRS)
-    proc = _read_json(proc_path)
-    if isinstance(proc, dict):
+    proc, proc_problem = _read_record(proc_path)
+    if proc is not None:
         alive = _owner_alive(proc, proc_path) or _owner_alive(
             proc.get("child"), proc_path)
         return "running" if alive else "error"
     claim_path = os.path.join(gdir, PENDING_CLAIM)
-    claim = _read_json(claim_path)
+    claim, claim_problem = _read_record(claim_path)
+    if problem or proc_problem or claim_problem:
+        return "error"
     if claim is not None and _owner_alive(claim, claim_path):
         return "pending"
     if os.path.exists(os.path.join(gdir, STAGED_MARKER)):
-        return "staged"
+        op = _field(_read_record(os.path.join(gdir, RUN_ATTRS))[0], "op",
+                    dict)
+        return "staged" if op.get("kind") in _OP_KINDS else "error"
     return "error"
 
 
-def _status_reason(run):
-    """Why a run is in an error state it did not record, or ''."""
-    if os.path.exists(run.guild_path(EXIT_ATTRS)):
+def _damage(run):
+    """What is wrong with a run's metadata files: ["FILE PROBLEM"]."""
+    found = []
+    for name in (RUN_ATTRS, PROC_ATTRS, EXIT_ATTRS, PENDING_CLAIM):
+        problem = _read_record(run.guild_path(name))[1]
+        if name == RUN_ATTRS and problem is None:
+            if not os.path.exists(run.guild_path(name)):
+                problem = "is missing"
+            else:
+                problem = _unstartable(run._attrs())
+                problem = problem and problem.replace("its run.json ", "")
+        if problem:
+            found.append("%s %s" % (name, problem))
+    for name in (OUTPUT_FILE, SCALARS_FILE):
+        if os.path.isdir(run.guild_path(name)):
+            found.append("%s is a directory" % name)
+    bad_lines = _printed_scalar_lines(run.dir)[1]
+    if bad_lines:
+        found.append("%s has %d unreadable line%s" % (
+            SCALARS_FILE, bad_lines, "" if bad_lines == 1 else "s"))
+    return found
+
+
+def _status_reason(run, status=None):
+    """Why a run is in an error state it did not record, or ''; status
+    is the run's, if known."""
+    status = status or run.status
+    exit_attrs, exit_problem = _read_record(run.guild_path(EXIT_ATTRS))
+    if exit_attrs is not None:
+        if exit_attrs.get("status") not in _EXIT_STATUSES:
+            return "its %s records no status it can end in" % EXIT_ATTRS
         return ""
-    proc = _read_json(run.guild_path(PROC_ATTRS))
-    if isinstance(proc, dict) and run.status == "error":
-        if proc.get("host", HOST) != HOST:
+    if exit_problem:
+        return "its %s %s" % (EXIT_ATTRS, exit_problem)
+    if status != "error":
+        return ""
+    proc, proc_problem = _read_record(run.guild_path(PROC_ATTRS))
+    if proc is not None:
+        host = _field(proc, "host", str, HOST)
+        if host != HOST:
             return ("its host %s has not been heard from for over %d s"
-                    % (proc["host"], _host_lease()))
+                    % (host, _host_lease()))
         return ("its process (pid %s) died without recording an exit"
                 % proc.get("pid"))
-    if proc is None and run.status == "error":
-        return "it was never started"
-    return ""
+    if proc_problem:
+        return "its %s %s" % (PROC_ATTRS, proc_problem)
+    attrs, attrs_problem = _read_record(run.guild_path(RUN_ATTRS))
+    if attrs is None:
+        return "its %s %s" % (RUN_ATTRS, attrs_problem or "is missing")
+    if os.path.exists(run.guild_path(STAGED_MARKER)):
+        return "it cannot start: %s" % _unstartable(attrs)
+    return "it was never started"
 
 
 def _run_attempts(run):
@@ -1844,23 +2180,25 @@ def _run_info(run):
     """What `runs info` shows of a run, as JSON-ready values: the keys of
     `runs info --json` (documented in the README; new keys may come, none
     goes)."""
-    attrs = run._attrs()
-    proc = _read_json(run.guild_path(PROC_ATTRS)) or {}
-    exit_attrs = _read_json(run.guild_path(EXIT_ATTRS)) or {}
+    attrs = _read_dict(run.guild_path(RUN_ATTRS))
+    proc = _read_dict(run.guild_path(PROC_ATTRS))
+    exit_attrs = _read_dict(run.guild_path(EXIT_ATTRS))
     flags = attrs.get("flags") or {}
+    status = run.status
     return {
         "id": run.id,
         "operation": _op_desc(attrs),
         "from": attrs.get("project") or "",
-        "status": run.status,
-        "reason": _status_reason(run) or None,
+        "status": status,
+        "reason": _status_reason(run, status) or None,
+        "damaged": _damage(run),
         "started": _format_time(proc.get("started")) or None,
         "stopped": _format_time(exit_attrs.get("stopped")) or None,
         "label": attrs.get("label") or "",
-        "tags": list(attrs.get("tags") or ()),
+        "tags": [str(x) for x in _field(attrs, "tags", list, [])],
         "marked": bool(attrs.get("marked")),
         "run_dir": run.dir,
-        "command": list(proc.get("command") or ()),
+        "command": [str(x) for x in proc.get("command") or ()],
         "exit_status": exit_attrs.get("exit_status"),
         "pid": proc.get("pid"),
         "host": proc.get("host"),
@@ -1876,7 +2214,8 @@ def _run_info(run):
         "scalars": dict(sorted(_run_scalar_stats(run.dir)[0].items())),
         "comments": [{"body": c.get("body", ""), "user": c.get("user", ""),
                       "host": c.get("host", ""), "time": c.get("time")}
-                     for c in attrs.get("comments") or ()],
+                     for c in _field(attrs, "comments", list, [])
+                     if isinstance(c, dict)],
     }
 
 
@@ -1891,7 +2230,10 @@ def _run_info_items(run, info=None):
     items = []
     for key, val in info.items():
         if key in _INFO_PARTS or (key in ("reason", "batch", "slurm",
-                                          "attempts") and not val):
+                                          "attempts", "damaged") and not val):
+            continue
+        if key == "damaged":
+            items += [("damaged", x) for x in val]
             continue
         if key == "attempts":
             items.append(("attempts", "%d (%d interrupted)" % (
@@ -2008,7 +2350,12 @@ class _ScalarRecorder:
                 self.step = int(val)
             return
         if self._file is None:
-            self._file = open(self._path, "a", encoding="utf-8")
+            try:
+                self._file = open(self._path, "a", encoding="utf-8")
+            except OSError as e:  # damaged: the output still has them
+                log.warning("cannot record scalars in %s: %s", self._path,
+                            e.strerror)
+                self._file = io.StringIO()
         self._file.write(json.dumps([key, val, self.step, _timestamp()])
                          + "\n")
         self._file.flush()
@@ -2051,27 +2398,36 @@ def _printed_scalars(run_dir):
 
 def _printed_scalar_rows(run_dir):
     """What a run printed as scalar records: [[key, value, step, time]]."""
+    return _printed_scalar_lines(run_dir)[0]
+
+
+def _printed_scalar_lines(run_dir):
+    """(records, number of lines that are not records) of what a run
+    printed: lines cut short by a crash, or damaged, are left out."""
     try:
         with open(os.path.join(run_dir, ".guild", SCALARS_FILE),
-                  encoding="utf-8") as f:
+                  encoding="utf-8", errors="replace") as f:
             text = f.read()
-    except FileNotFoundError:
-        return []
+    except OSError:  # none yet, or not a file
+        return [], 0
     try:  # one parse for the file: ten times faster than one a line
         rows = json.loads("[%s]" % text.strip("\n").replace("\n", ","))
-        if set(map(len, rows)) <= {4}:
-            return rows
     except (ValueError, TypeError):
-        pass
-    rows = []
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by a crash
-        if isinstance(row, list) and len(row) == 4:
-            rows.append(row)
-    return rows
+        rows = []
+        for line in text.splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                rows.append(None)
+    good = [row for row in rows if _is_scalar_row(row)]
+    return good, len(rows) - len(good)
+
+
+def _is_scalar_row(row):
+    return (isinstance(row, list) and len(row) == 4
+            and isinstance(row[0], str) and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool)
+                for x in row[1:]))
 
 
 def read_scalars(run_dir):
@@ -2259,19 +2615,6 @@ def _index_put(kind, name, data, home=None):
     _write_cache_json(os.path.join(_index_dir(kind, home), name), data)
 
 
-def _write_cache_json(path, data):
-    """Write a cache file, making its directory, even if another process
-    deletes the cache as we write (a deleted cache is rebuilt)."""
-    for attempt in range(10):
-        try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            _write_json(path, data)
-            return
-        except FileNotFoundError:
-            if attempt == 9:
-                raise
-
-
 def _index_move(kind, name, to_kind, to_name=None, keep=False):
     """Move (with keep, link) an index entry to another kind, in one
     rename; an entry that is missing is made anew. Cheaper than writing
@@ -2290,22 +2633,35 @@ def _index_move(kind, name, to_kind, to_name=None, keep=False):
         except FileNotFoundError:
             if not os.path.exists(src):
                 break
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-        except OSError:  # a filesystem without hard links
+            _ensure_cache_dir(os.path.dirname(dest))
+        except OSError:  # no hard links here, or damage (healed below)
             break
     _write_cache_json(dest, {})
 
 
 def _index_drop(kind, name, home=None):
-    _remove(os.path.join(_index_dir(kind, home), name))
+    _remove_path(os.path.join(_index_dir(kind, home), name),
+                 home or _guild_home())
 
 
 def _index_names(kind, home=None):
+    """The entries of an index; what is not an entry (a directory, or a
+    file where the index directory should be) is moved aside."""
+    path = _index_dir(kind, home)
+    names = []
     try:
-        return sorted(n for n in os.listdir(_index_dir(kind, home))
-                      if not n.endswith(".tmp"))
+        with os.scandir(path) as scan:
+            for entry in scan:
+                if entry.is_dir():
+                    _move_aside(entry.path, home or _guild_home())
+                elif not entry.name.endswith(".tmp"):
+                    names.append(entry.name)
     except FileNotFoundError:
         return []
+    except NotADirectoryError:
+        _make_cache_way(path, is_dir=True)
+        return []
+    return sorted(names)
 
 
 def _index_run_id(name):
@@ -2422,8 +2778,8 @@ def _reconcile_index():
     created = {}
     for run_id in names:
         run_dir = os.path.join(runs_dir, run_id)
-        attrs = _read_json(os.path.join(run_dir, ".guild", RUN_ATTRS))
-        if not isinstance(attrs, dict):
+        attrs = _read_record(os.path.join(run_dir, ".guild", RUN_ATTRS))[0]
+        if attrs is None:
             continue
         status = run_status(run_dir)
         created[run_id] = attrs.get("created")
@@ -2451,10 +2807,10 @@ def _other_runs_running():
     for queues (tpe waits on them), is running (from the index)."""
     for name in _index_names("running"):
         run = Run(name, os.path.join(_runs_dir(), name))
-        attrs = _read_json(run.guild_path(RUN_ATTRS))
-        status = run.status if isinstance(attrs, dict) else None
+        attrs = _read_record(run.guild_path(RUN_ATTRS))[0]
+        status = None if attrs is None else run.status
         if status == "running":
-            kind = (attrs.get("op") or {}).get("kind")
+            kind = _field(attrs, "op", dict).get("kind")
             if kind != "queue" and not (kind == "batch" and
                                         attrs.get("stage_trials")):
                 return True
@@ -2471,16 +2827,19 @@ _SUMMARY_CACHE_VERSION = 5
 
 
 def _run_summary(run_id, run_dir, mtime, now):
-    """What listings need of one run, read from its directory."""
+    """What listings need of one run, read from its directory; None for a
+    directory that is not a run (yet). A run with damaged metadata is
+    summarized from what can be read (its operation `?` if unknown)."""
     gdir = os.path.join(run_dir, ".guild")
-    attrs = _read_json(os.path.join(gdir, RUN_ATTRS))
-    if not isinstance(attrs, dict):
+    attrs, problem = _read_record(os.path.join(gdir, RUN_ATTRS))
+    if attrs is None and problem is None and _remove_unborn(run_dir):
         return None
-    proc = _read_json(os.path.join(gdir, PROC_ATTRS)) or {}
-    exit_attrs = _read_json(os.path.join(gdir, EXIT_ATTRS)) or {}
+    attrs = attrs or {}
+    proc = _read_dict(os.path.join(gdir, PROC_ATTRS))
+    exit_attrs = _read_dict(os.path.join(gdir, EXIT_ATTRS))
     return {
         "id": run_id, "op": _op_desc(attrs),
-        "kind": (attrs.get("op") or {}).get("kind"),
+        "kind": _field(_field(attrs, "op", dict), "kind", str),
         "label": attrs.get("label") or "", "created": attrs.get("created"),
         "started": proc.get("started"), "stopped": exit_attrs.get("stopped"),
         "exit_status": exit_attrs.get("exit_status"),
@@ -2508,6 +2867,41 @@ def _scalar_summary(run_dir):
 _parsed_summary_cache = {}
 
 
+def _remove_unborn(run_dir):
+    """True if run_dir, which has no run.json, is not a run: one being
+    created (its creator alive), or one whose creator died before making
+    it a run, which is removed. A directory with signs that a run ran in
+    it (a process, exit or output file) is a run that lost its run.json."""
+    gdir = os.path.join(run_dir, ".guild")
+    if any(os.path.lexists(os.path.join(gdir, name))
+           for name in (PROC_ATTRS, EXIT_ATTRS, OUTPUT_FILE)):
+        return False
+    for name in (PENDING_CLAIM, STAGED_MARKER):
+        path = os.path.join(gdir, name)
+        creator = _read_json(path)
+        if isinstance(creator, dict):
+            if _owner_alive(creator, path):
+                return True
+            break
+    else:  # no creator named (yet, or a creator killed at once): by age
+        try:
+            age = time.time() - os.stat(gdir).st_mtime
+        except OSError:
+            return True
+        if age * 10 ** 6 < _ORPHAN_ENTRY_US:
+            return True
+    if not os.path.lexists(os.path.join(gdir, RUN_ATTRS)):
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return True
+
+
+# The type of each field of a listing cache row, by _SUMMARY_FIELDS; a
+# row that does not fit (a damaged or hand-edited cache) is read afresh.
+_SUMMARY_TYPES = (str, str, (str, type(None)), str, (int, type(None)),
+                  (int, type(None)), (int, type(None)), (int, type(None)),
+                  (str, type(None)), str, int, int, dict, dict)
+
+
 def _load_summary_cache(cache_path):
     try:
         st = os.stat(cache_path)
@@ -2519,13 +2913,13 @@ def _load_summary_cache(cache_path):
         return dict(parsed[1])
     cached = _read_json(cache_path)
     if not isinstance(cached, dict) or cached.get(
-            "version") != _SUMMARY_CACHE_VERSION:
+            "version") != _SUMMARY_CACHE_VERSION or not isinstance(
+                cached.get("rows"), list):
         return {}
-    try:
-        entries = {row[0]: dict(zip(_SUMMARY_FIELDS, row))
-                   for row in cached["rows"]}
-    except (KeyError, TypeError, IndexError):
-        return {}
+    entries = {row[0]: dict(zip(_SUMMARY_FIELDS, row))
+               for row in cached["rows"]
+               if isinstance(row, list) and len(row) == len(_SUMMARY_TYPES)
+               and all(map(isinstance, row, _SUMMARY_TYPES))}
     _parsed_summary_cache[cache_path] = (signature, entries)
     return dict(entries)
 
@@ -2858,6 +3252,7 @@ def _queue_wait_flag(raw_flags):
 def _coerce_value(name, val, flagdef):
     """Type a value read from a batch file (JSON) like a typed flag."""
     if isinstance(val, str):
+        _check_text(name, val)
         if (flagdef or {}).get("type") in ("int", "float", "boolean"):
             return _coerce_one(name, val, flagdef)
         return val
@@ -2885,10 +3280,14 @@ def _read_batch_files(paths, op, force, cwd):
             raise FlagError("cannot read batch file '%s': %s" % (rel, e))
         except FlagError as e:
             raise FlagError("batch file '%s', %s" % (rel, e))
+        if not items:
+            raise FlagError("batch file '%s' lists no trials" % rel)
         for row_no, item in items:
             try:
                 row = {}
                 for name, val in item.items():
+                    if not _FLAG_NAME_RE.match(name):
+                        raise FlagError("invalid flag name %r" % name)
                     if name not in flagdefs and not force:
                         raise FlagError("unsupported flag '%s'" % name)
                     row[name] = _coerce_value(name, val, flagdefs.get(name))
@@ -2991,26 +3390,30 @@ def _copy_files(src_root, rel_paths, dest_root):
 def _init_run(run_dir, attrs, staged, source_root=None, source_files=()):
     """Create a run directory; the attrs file is written last, atomically.
 
-    Until then the directory is not a run, so a crash leaves no half run.
-    A staged run gets its index entry before it becomes a run.
+    Until then the directory is not a run, so a crash leaves no half run:
+    its first file names its creator (the STAGED marker or the pending
+    claim), and once the creator is dead, listings remove it (see
+    _remove_unborn). A staged run gets its index entry before it becomes
+    a run.
     """
     run_dir = os.path.abspath(run_dir)
     if os.path.exists(os.path.join(run_dir, ".guild", RUN_ATTRS)):
         raise RunError("run directory '%s' is already in use" % run_dir)
     gdir = os.path.join(run_dir, ".guild")
     _ensure_dir(gdir)
-    if source_root:
-        _copy_files(source_root, source_files, run_dir)
     run_id = os.path.basename(run_dir)
-    attrs = dict(attrs, id=run_id, created=_timestamp(),
-                 sourcecode=list(source_files))
     run = Run(run_id, run_dir)
     if staged:
-        open(os.path.join(gdir, STAGED_MARKER), "w").close()
-        if os.path.dirname(run_dir) == _runs_dir():
-            _index_put("staged", _index_name(run_id, attrs["created"]), {})
+        with open(os.path.join(gdir, STAGED_MARKER), "w") as f:
+            f.write(json.dumps(_process_owner()))
     else:
         set_run_pending(run)
+    if source_root:
+        _copy_files(source_root, source_files, run_dir)
+    attrs = dict(attrs, id=run_id, created=_timestamp(),
+                 sourcecode=list(source_files))
+    if staged and os.path.dirname(run_dir) == _runs_dir():
+        _index_put("staged", _index_name(run_id, attrs["created"]), {})
     _write_json(os.path.join(gdir, RUN_ATTRS), attrs)
     return run
 
@@ -3537,13 +3940,22 @@ def _become_script_process(cwd, env, out_fd):
 # ---------------------------------------------------------------------------
 
 
+def _startable_attrs(run):
+    """A run's attrs (run.json); RunError if it cannot start."""
+    attrs = run._attrs()
+    problem = _unstartable(attrs)
+    if problem:
+        raise RunError("cannot start %s: %s" % (run.id, problem))
+    return attrs
+
+
 def _start_run(run, gpus=None):
     """Run a claimed or new run to its end; return its exit status.
 
     Records the process first (running), then how it ended. A stop
     request (SIGTERM, Ctrl-C) ends the run 'terminated' and propagates.
     """
-    attrs = run._attrs()
+    attrs = _startable_attrs(run)
     kind = attrs["op"]["kind"]
     record = dict(_process_owner(), started=_timestamp())
     slurm = _slurm_task()
@@ -3824,12 +4236,25 @@ def _finish_stopped(run, deadline):
 # ---------------------------------------------------------------------------
 
 
-def _trial_flag_sets(proto_flags):
-    """The grid: the cartesian product of list values, by flag name."""
-    names = sorted(proto_flags)
-    choices = [v if isinstance(v, list) else [v]
-               for v in (proto_flags[n] for n in names)]
-    return [dict(zip(names, combo)) for combo in itertools.product(*choices)]
+class _Grid:
+    """The cartesian product of list flag values, by flag name, without
+    making it: a grid of a billion trials costs what its lists cost."""
+
+    def __init__(self, flags):
+        self.names = sorted(flags)
+        self.choices = [v if isinstance(v, list) else [v]
+                        for v in (flags[n] for n in self.names)]
+        self.size = 1
+        for values in self.choices:
+            self.size *= len(values)
+
+    def trial(self, i):
+        """The i-th trial, in itertools.product order."""
+        vals = []
+        for values in reversed(self.choices):
+            i, j = divmod(i, len(values))
+            vals.append(values[j])
+        return dict(zip(self.names, reversed(vals)))
 
 
 def _sample(val, rnd):
@@ -3869,20 +4294,50 @@ def batch_trials(attrs):
         names = sorted(flags)
         return [{n: _sample(flags[n], rnd) for n in names}
                 for _ in range(max_trials or DEFAULT_MAX_TRIALS)]
-    rows = attrs.get("batch_rows")
-    if rows:
-        given = set(proto.get("given") or ())
-        trials = []
-        for row in rows:
-            base = dict(flags)
-            base.update((k, v) for k, v in row.items() if k not in given)
-            trials += _trial_flag_sets(base)
-    else:
-        trials = _trial_flag_sets(flags)
-    if max_trials and len(trials) > max_trials:
-        keep = sorted(rnd.sample(range(len(trials)), max_trials))
-        trials = [trials[i] for i in keep]
+    grids = _batch_grids(attrs)
+    total = sum(grid.size for grid in grids)
+    picked = range(total)
+    if max_trials and total > max_trials:
+        picked = sorted(rnd.sample(picked, max_trials))
+    trials = []
+    for i in picked:
+        for grid in grids:
+            if i < grid.size:
+                trials.append(grid.trial(i))
+                break
+            i -= grid.size
     return trials
+
+
+def _batch_grids(attrs):
+    """The grids of a grid search: one, or one per batch file row."""
+    proto = attrs["proto"]
+    flags = proto.get("flags") or {}
+    rows = attrs.get("batch_rows")
+    if not rows:
+        return [_Grid(flags)]
+    given = set(proto.get("given") or ())
+    grids = []
+    for row in rows:
+        base = dict(flags)
+        base.update((k, v) for k, v in row.items() if k not in given)
+        grids.append(_Grid(base))
+    return grids
+
+
+def _check_batch_size(attrs):
+    """UsageError for a batch with no trials, or more than MAX_TRIALS."""
+    if attrs["op"]["name"] != "+":  # random, tpe: max_trials draws
+        count = attrs.get("max_trials") or DEFAULT_MAX_TRIALS
+    else:
+        count = sum(grid.size for grid in _batch_grids(attrs))
+        if count == 0:
+            raise FlagError("the batch has no trials: a flag has an empty "
+                            "list of values")
+        count = min(count, attrs.get("max_trials") or count)
+    if count > MAX_TRIALS:
+        raise UsageError("the batch has %d trials, more than %d: sample "
+                         "fewer with --max-trials" % (count, MAX_TRIALS))
 
 
 def render_label(template, flags):
@@ -4219,8 +4674,9 @@ def _tpe_propose(space, history, rnd, random_starts=TPE_RANDOM_STARTS,
 def _objective(attrs):
     """(scalar, maximize): what a batch's trials are judged by (Guild AI's
     default: minimize loss)."""
-    objective = attrs.get("objective") or {}
-    return objective.get("scalar") or "loss", bool(objective.get("maximize"))
+    objective = _field(attrs, "objective", dict)
+    return (_field(objective, "scalar", str) or "loss",
+            bool(objective.get("maximize")))
 
 
 def _trial_loss(summary, scalar, maximize):
@@ -4411,8 +4867,8 @@ def _claim_from_index(gpus, only=None):
         if only is not None and run_id not in only:
             continue
         run = Run(run_id, os.path.join(runs_dir, run_id))
-        attrs = _read_json(run.guild_path(RUN_ATTRS))
-        if not isinstance(attrs, dict):
+        attrs = _read_record(run.guild_path(RUN_ATTRS))[0]
+        if attrs is None:
             if _timestamp() - _index_created(name) > _ORPHAN_ENTRY_US:
                 _index_drop("staged", name)
             continue
@@ -4425,7 +4881,13 @@ def _claim_from_index(gpus, only=None):
         run_gpus = attrs.get("gpus")
         if run_gpus is not None and str(run_gpus) != str(gpus):
             continue
-        if _claim_staged(run) == "staged":
+        try:
+            claimed = _claim_staged(run)
+        except OSError as e:  # its claim cannot be written: damaged
+            queue_log.error("Cannot claim %s: %s", run.id, e)
+            _index_drop("staged", name)
+            continue
+        if claimed == "staged":
             return run
     return None
 
@@ -4542,6 +5004,19 @@ def _requeue_task(task):
         queue_log.info("Requeued Slurm task %s for the runs left", name)
 
 
+def _end_damaged(run):
+    """End a run whose damage kept it from running: error, not staged
+    again (as far as the damage lets its files be written)."""
+    try:
+        if not os.path.lexists(run.guild_path(EXIT_ATTRS)):
+            _write_json(run.guild_path(EXIT_ATTRS), {
+                "exit_status": 1, "stopped": _timestamp(),
+                "status": "error"})
+        _mark_started(run)
+    except OSError:
+        pass
+
+
 def _run_queue(queue_run, attrs):
     flags = attrs.get("flags") or {}
     poll = max(float(flags.get("poll-interval") or 10), 0.1)
@@ -4600,6 +5075,13 @@ def _run_queue(queue_run, attrs):
                     ", slurm " + _slurm_task_name(task) if task else ""),
                     max_requeues)
             break
+        except (RunError, OSError) as e:
+            if isinstance(e, OSError) and not str(e.filename).startswith(
+                    run.dir + os.sep):
+                raise  # the store or the disk failed, not this run
+            queue_log.error("Cannot run %s: %s", run.id, e)
+            _end_damaged(run)
+            continue
         finally:
             _release_claim(run)
         if exit_status:
@@ -6342,10 +6824,17 @@ def runs(operation=None, label=None, unlabeled=False, status=None,
 
 def _find_summaries(runs_dir, operation=None, label=None, unlabeled=False,
                     status=None, started=None, batch=None):
-    statuses = [status] if isinstance(status, str) else (status or ())
+    statuses = [status] if isinstance(status, str) else list(status or ())
+    unknown = [x for x in statuses if x not in RUN_STATUSES]
+    if unknown:
+        raise UsageError("unknown status %r (use %s)" % (
+            unknown[0], ", ".join(RUN_STATUSES)))
+    summaries = run_summaries(runs_dir)
+    if isinstance(batch, str):  # an id, prefix or index, as the CLI's
+        batch = _select_one(batch, _runs_of(summaries, runs_dir))
     where = RunFilter(operation, label, unlabeled, statuses, started,
                       getattr(batch, "id", batch))
-    return [x for x in run_summaries(runs_dir) if where.matches(x)]
+    return [x for x in summaries if where.matches(x)]
 
 
 def compare(runs=None, **filters):
@@ -6360,6 +6849,18 @@ def compare(runs=None, **filters):
     wanted = {getattr(r, "id", r) for r in runs}
     return compare_rows([x for x in run_summaries()
                          if x["id"] in wanted])[1]
+
+
+def _check_arg_types(**args):
+    """UsageError for an API argument of the wrong type: name=(value,
+    type or types); None is always allowed, a bool is not an int."""
+    for name, (val, types) in args.items():
+        if val is not None and (not isinstance(val, types) or (
+                isinstance(val, bool) and types is int)):
+            raise UsageError("%s must be %s, not %r" % (
+                name, " or ".join(t.__name__ for t in (
+                    types if isinstance(types, tuple) else (types,))),
+                val))
 
 
 def run_attrs(opspec, flags=None, cwd=None, label=None, optimizer=None,
@@ -6379,10 +6880,24 @@ def run_attrs(opspec, flags=None, cwd=None, label=None, optimizer=None,
     (tpe: random-starts, in-flight) to values.
     """
     tags = list(tags or ())
+    _check_arg_types(opspec=(opspec, str), flags=(flags, dict),
+                     cwd=(cwd, (str, os.PathLike)), label=(label, str),
+                     optimizer=(optimizer, str), max_trials=(max_trials, int),
+                     random_seed=(random_seed, int),
+                     batch_files=(batch_files, (list, tuple)),
+                     gpus=(gpus, (str, int)))
+    if gpus is not None:
+        _check_text("--gpus", str(gpus))
     cwd = os.path.abspath(cwd or os.getcwd())
     op = _resolve_op(opspec, cwd)
-    raw = {name: val if isinstance(val, str) else encode_flag_val(val)
-           for name, val in (flags or {}).items()}
+    raw = {}
+    for name, val in (flags or {}).items():
+        if not isinstance(name, str):
+            raise FlagError("invalid flag name %r: expected text" % (name,))
+        try:
+            raw[name] = val if isinstance(val, str) else encode_flag_val(val)
+        except ValueError:  # an int with more digits than str() makes
+            raise FlagError("invalid value for %s: too many digits" % name)
     flag_vals = _resolve_flags(op, raw, force_flags)
     slurm = os.environ.get(SLURM_SUBMISSION_ENV) if op["kind"] == "queue" \
         else None
@@ -6440,7 +6955,7 @@ def run_attrs(opspec, flags=None, cwd=None, label=None, optimizer=None,
         raise UsageError("--max-trials must be at least 1")
     if random_seed is None:
         random_seed = random.SystemRandom().randrange(2 ** 31)
-    return {"op": {"kind": "batch", "name": optimizer}, "flags": {},
+    batch = {"op": {"kind": "batch", "name": optimizer}, "flags": {},
             "label": label or " ".join(tags),
             "stage_trials": bool(stage_trials), "tags": tags,
             "stop_after": stop_after,
@@ -6453,6 +6968,8 @@ def run_attrs(opspec, flags=None, cwd=None, label=None, optimizer=None,
             "opt_flags": opt_flags,
             "proto": {"op": op, "flags": flag_vals, "label": label,
                       "given": sorted(raw)}}
+    _check_batch_size(batch)
+    return batch
 
 
 def _opt_flags(optimizer, given):
@@ -6707,10 +7224,16 @@ def _act_on_runs(args, verb, done, action, deleted=False, latest=False):
     selected = _runs_to_act_on(args, verb, deleted, latest=latest)
     if not selected:
         return 0
+    failed = 0
     for run in selected:
-        action(run)
-    print("%s %d run(s)" % (done, len(selected)))
-    return 0
+        try:
+            action(run)
+        except RunError as e:  # a damaged run: say so, do the others
+            sys.stderr.write("%s: cannot %s %s: %s\n" % (PROG, verb,
+                                                         run.id, e))
+            failed += 1
+    print("%s %d run(s)" % (done, len(selected) - failed))
+    return 1 if failed else 0
 
 
 QUEUE_DOC = """\
@@ -6812,6 +7335,7 @@ def _cmd_run(args):
     raw_flags = _parse_flag_args([a for a in args.flags
                                   if not a.startswith("@")])
     if args.start or args.restart:
+        _check_existing_options(args, batch_files)
         return _run_existing(args, raw_flags)
     cwd = os.getcwd()
     if args.proto:
@@ -6969,6 +7493,25 @@ def _shell_join(args):
     return " ".join(shlex.quote(a) for a in args)
 
 
+def _check_existing_options(args, batch_files):
+    """--start and --restart run a run as it is (a restart with changed
+    flags): anything that would make a new run is an error, not ignored."""
+    verb = "--start" if args.start else "--restart"
+    if args.start and args.restart:
+        raise UsageError("use --start or --restart, not both")
+    given = [("an operation ('%s')" % args.opspec, args.opspec),
+             ("batch files", batch_files)] + [
+        ("--" + name.replace("_", "-"), getattr(args, name))
+        for name in ("stage", "stage_trials", "optimizer", "max_trials",
+                     "random_seed", "print_trials", "fail_on_trial_error",
+                     "run_dir", "help_op", "label", "gpus")]
+    for what, value in given:
+        if value not in (None, False, []):
+            raise UsageError("%s cannot be used with %s: it runs the run as "
+                             "it is (with --restart, NAME=VALUE changes its "
+                             "flags)" % (what, verb))
+
+
 def _run_prompt(args, attrs):
     verb = "stage" if args.stage else "run"
     proto = attrs.get("proto")
@@ -7005,6 +7548,7 @@ def _print_trials(attrs):
 def _run_existing(args, raw_flags):
     spec = args.start or args.restart
     run = _select_one(spec, list_runs())
+    _startable_attrs(run)
     if raw_flags and args.start:
         raise UsageError("flags cannot be changed with --start "
                          "(use --restart)")
@@ -7089,8 +7633,8 @@ def _cmd_runs_info(args):
         print(json.dumps(info, indent=2, sort_keys=False))
         return 0
     lines = _info_lines(run, info, args.scalar_stats)
-    attrs = run._attrs()
-    if attrs["op"].get("kind") == "batch":
+    attrs = _read_dict(run.guild_path(RUN_ATTRS))
+    if _field(attrs, "op", dict).get("kind") == "batch":
         lines += _best_trial_lines(run, attrs)
     print("\n".join(lines))
     return 0
@@ -7746,7 +8290,8 @@ def _cmd_compare(args):
         _write_compare_csv(sys.stdout, columns, rows)
         return 0
     if args.csv:
-        with open(args.csv, "w", newline="", encoding="utf-8") as out:
+        with open(args.csv, "w", newline="", encoding="utf-8",
+                  errors="backslashreplace") as out:
             _write_compare_csv(out, columns, rows)
         return 0
     table = [columns] + [[_table_cell(c, r.get(c)) for c in columns]
@@ -8122,7 +8667,7 @@ def _cmd_cat(args):
     if args.output:
         path = run.guild_path(OUTPUT_FILE)
     elif args.path:
-        path = os.path.join(run.dir, args.path)
+        path = _run_file(run, args.path)
     else:
         raise UsageError("specify -O/--output or -p PATH")
     try:
@@ -8624,6 +9169,7 @@ def main(argv=None):
     """Run the command line with argv; return the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
     _log_to_terminal(True)
+    stdout_errors = _set_stdout_errors("backslashreplace")
     try:
         argv = [w for word in argv for w in _status_flags(word)]
         args, extra = _parser(argv).parse_known_args(argv)
@@ -8656,6 +9202,7 @@ def main(argv=None):
         return 1
     finally:
         _log_to_terminal(False)
+        _set_stdout_errors(stdout_errors)
 
 
 # ---------------------------------------------------------------------------

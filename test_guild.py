@@ -1655,8 +1655,9 @@ class BatchTest(GuildTestCase):
         self.assertEqual(runs[1].get("batch"), runs[3].id)
 
     def test_cartesian_product_in_name_then_value_order(self):
+        grid = guild._Grid({"b": [1, 2], "a": ["x", "y"], "c": 0})
         self.assertEqual(
-            guild._trial_flag_sets({"b": [1, 2], "a": ["x", "y"], "c": 0}),
+            [grid.trial(i) for i in range(grid.size)],
             [{"a": "x", "b": 1, "c": 0}, {"a": "x", "b": 2, "c": 0},
              {"a": "y", "b": 1, "c": 0}, {"a": "y", "b": 2, "c": 0}])
 
