@@ -4217,7 +4217,7 @@ def _stop_run(run):
 
 def _finish_stopped(run, deadline):
     """Wait for a stopped run to end; kill it or record it if need be."""
-    proc = _read_json(run.guild_path(PROC_ATTRS)) or {}
+    proc = _read_dict(run.guild_path(PROC_ATTRS))
     while run.status == "running" and time.monotonic() < deadline:
         time.sleep(0.05)
     child = proc.get("child")
