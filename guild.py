@@ -2091,6 +2091,8 @@ def run_status(run_dir):
     if exit_attrs is not None:
         status = exit_attrs.get("status")
         return status if status in _EXIT_STATUSES else "error"
+    if problem:
+        return "error"
     proc_path = os.path.join(gdir, PROC_ATTRS)
     proc, proc_problem = _read_record(proc_path)
     if proc is not None:
@@ -2099,7 +2101,7 @@ def run_status(run_dir):
         return "running" if alive else "error"
     claim_path = os.path.join(gdir, PENDING_CLAIM)
     claim, claim_problem = _read_record(claim_path)
-    if problem or proc_problem or claim_problem:
+    if proc_problem or claim_problem:
         return "error"
     if claim is not None and _owner_alive(claim, claim_path):
         return "pending"

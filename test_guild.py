@@ -7,7 +7,9 @@ files under samples/ (the specification among them).
 Tests write only in temporary directories: every run store is a temp dir.
 """
 
+import contextlib
 import doctest
+import glob
 import html.parser
 import io
 import json
@@ -322,6 +324,11 @@ class GuildTestCase(unittest.TestCase):
         self._env = SetGuildHome(self.home)
         self._env.__enter__()
         self.addCleanup(self._env.__exit__)
+
+    def chdir(self, d):
+        """Work in directory d until the test ends."""
+        self.addCleanup(os.chdir, os.getcwd())
+        os.chdir(d)
 
     def copy_sample(self, *names, project="basic"):
         for name in names:
@@ -1158,6 +1165,249 @@ class ListTest(GuildTestCase):
                            guild_home=bad)
         self.assertGuildError(result, "")
         self.assertIn("Not a directory", result[1])
+
+
+def guild_main(*args):
+    """guild.main(args) in this process: (exit code, output), with stdout
+    and stderr one strict UTF-8 stream, as a terminal's."""
+    buf = io.BytesIO()
+    out = io.TextIOWrapper(buf, encoding="utf-8", errors="strict",
+                           write_through=True)
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = guild.main(list(args))
+    return code, buf.getvalue().decode("utf-8", "replace")
+
+
+OK_SCRIPT = "x = 1\nprint('loss: 0.5')\n"
+DIR = object()  # damage: a directory in place of the file
+
+
+class DamageTest(GuildTestCase):
+    """One damaged run never breaks the store: every metadata file
+    damaged in every way, the others listed, the damaged one deletable."""
+
+    CASES = [(name, content) for name in (
+        "run.json", "proc.json", "exit.json", "PENDING", "scalars",
+        "output") for content in (
+        b"", b"\0" * 64, b'{"op": {"ki', b"5", b"[1, 2]", b'"x"', b"null",
+        b"\xff\xfe", DIR)] + [
+        ("run.json", {"op": 5}), ("run.json", {"op": {"kind": 5}}),
+        ("run.json", {"flags": [1]}), ("run.json", {"label": 5}),
+        ("run.json", {"created": "x"}), ("run.json", {"batch": 5}),
+        ("run.json", {"flags": {"s": "a\ud800b"}}),
+        ("run.json", {"label": "a\ud800b"}),
+        ("exit.json", {"status": 5, "exit_status": "x", "stopped": []}),
+        ("proc.json", {"pid": "x", "started": "y", "command": 5}),
+        ("scalars", b'null\n5\n["a", "b", 1, 2]\n["loss", 0.5, 0, 1]\n')]
+
+    def make_store(self):
+        write(path(self.project, "ok.py"), OK_SCRIPT)
+        op = guild._resolve_op("ok.py", self.project)
+        runs = []
+        for i in range(3):
+            run = guild._init_run(
+                path(self.home, "runs", "%s%d" % ("a" * 31, i)),
+                {"op": op, "flags": {"x": i}, "label": "x=%d" % i},
+                staged=(i == 1), source_root=self.project,
+                source_files=["ok.py"])
+            runs.append(run)
+        for run in (runs[0], runs[2]):
+            guild._write_json(run.guild_path("proc.json"), {
+                "pid": os.getpid(), "start": "long gone", "host": guild.HOST,
+                "started": guild._timestamp()})
+            guild._write_json(run.guild_path("exit.json"), {
+                "exit_status": 0, "stopped": guild._timestamp(),
+                "status": "completed"})
+            guild._remove(run.guild_path("PENDING"))
+            write(run.guild_path("output"), "loss: 0.5\n")
+            write(run.guild_path("scalars"), '["loss", 0.5, 0, 1]\n')
+        return runs
+
+    def damage(self, run, name, content):
+        target = run.guild_path(name)
+        if os.path.isdir(target):
+            shutil.rmtree(target)
+        if content is DIR:
+            guild._remove(target)
+            os.makedirs(path(target, "sub"))
+        elif isinstance(content, dict):
+            data = guild._read_json(target) or {}
+            data.update(content)
+            with open(target, "w") as f:
+                json.dump(data, f)
+        else:
+            with open(target, "wb") as f:
+                f.write(content)
+
+    def test_each_damaged_file_leaves_the_store_working(self):
+        runs = self.make_store()
+        template = mkdtemp()
+        shutil.rmtree(template)
+        shutil.copytree(self.home, template)
+        for (name, content), victim in [
+                (case, v) for case in self.CASES for v in (0, 1)
+                if v == 0 or case[0] in ("run.json", "PENDING")]:
+            with self.subTest(file=name, content=content, victim=victim):
+                shutil.rmtree(self.home)
+                shutil.copytree(template, self.home)
+                run = runs[victim]
+                self.damage(run, name, content)
+                code, out = guild_main("runs")
+                self.assertEqual(code, 0, out)
+                self.assertEqual(len(out.splitlines()), 3, out)
+                code, out = guild_main("runs", "info", run.id)
+                self.assertEqual(code, 0, out)
+                if content is DIR or content == {"op": 5} or (
+                        name != "output" and content in (b"\0" * 64, b"5")):
+                    self.assertIn("damaged: %s " % name, out)
+                self.assertEqual(guild_main("compare", "--csv", "-")[0], 0)
+                if name == "run.json":
+                    self.assertIn(guild_main("label", ":", "-s", "z",
+                                             "-y")[0], (0, 1))
+                code, out = guild_main("runs", "delete", "-p", run.id, "-y")
+                self.assertEqual(code, 0, out)
+                self.assertEqual(len(guild_main("runs")[1].splitlines()),
+                                 2)
+                self.assertEqual(runs[2].status, "completed")
+
+    def test_lone_surrogate_in_a_listed_run_is_shown_escaped(self):
+        runs = self.make_store()
+        self.damage(runs[0], "run.json", {"label": "a\ud800b",
+                                          "flags": {"s": "a\ud800b"}})
+        self.assertIn("a\\ud800b", guild_main("runs")[1])
+        self.assertIn("s: a\\ud800b", guild_main("runs", "info",
+                                                 runs[0].id)[1])
+
+    def test_unreadable_run_json_shows_op_and_reason(self):
+        runs = self.make_store()
+        self.damage(runs[0], "run.json", b"\0" * 64)
+        self.assertRegex(guild_main("runs")[1],
+                         r"\[\d:aaaaaaaa\]  \?  .* completed")
+        out = guild_main("runs", "info", runs[0].id)[1]
+        self.assertIn("operation: ?", out)
+        self.assertIn("damaged: run.json holds NUL bytes", out)
+        self.damage(runs[1], "run.json", b'{"op": {"ki')
+        out = guild_main("runs", "info", runs[1].id)[1]
+        self.assertIn("status: error", out)
+        self.assertIn("reason: its run.json is not valid JSON", out)
+        for args in (["compare"], ["ls", runs[1].id],
+                     ["runs", "delete", runs[1].id, "-y"],
+                     ["runs", "purge", "-y"]):
+            self.assertEqual(guild_main(*args)[0], 0, args)
+        self.assertEqual(len(guild_main("runs")[1].splitlines()), 2)
+
+    def test_queue_skips_a_damaged_staged_run(self):
+        runs = self.make_store()
+        self.damage(runs[1], "PENDING", DIR)
+        good = guild._init_run(
+            path(self.home, "runs", guild.mkid()),
+            {"op": runs[1].get("op"), "flags": {"x": 5}}, staged=True,
+            source_root=self.project, source_files=["ok.py"])
+        code, out = self.guild("run", "queue", "run-once=yes", "-y")
+        self.assertEqual(code, 0, out)
+        self.assertNotIn("Traceback", out)
+        self.assertEqual((runs[1].status, good.status),
+                         ("error", "completed"))
+
+    def test_unborn_run_dirs_are_never_listed_and_removed_once_dead(self):
+        self.make_store()
+        dead = subprocess.run([sys.executable, "-c", "import os; "
+                               "print(os.getpid())"], stdout=subprocess.PIPE,
+                              check=True)
+        dead_pid = int(dead.stdout)
+        unborn = {}
+        for name, pid in (("dead", dead_pid), ("alive", os.getpid())):
+            d = path(self.home, "runs", name)
+            os.makedirs(path(d, ".guild"))
+            guild._write_json(path(d, ".guild", "PENDING"), {
+                "pid": pid, "start": guild._proc_token(pid),
+                "host": guild.HOST})
+            unborn[name] = d
+        lost = path(self.home, "runs", "lost")  # ran, then lost run.json
+        os.makedirs(path(lost, ".guild"))
+        write(path(lost, ".guild", "output"), "hi\n")
+        out = guild_main("runs")[1]
+        self.assertEqual(len(out.splitlines()), 4, out)
+        self.assertRegex(out, r"\[4:lost\] +\? +error")
+        self.assertFalse(os.path.exists(unborn["dead"]))
+        self.assertTrue(os.path.exists(unborn["alive"]))
+        self.assertIn("damaged: run.json is missing",
+                      guild_main("runs", "info", "lost")[1])
+
+
+class CacheDamageTest(GuildTestCase):
+    """Caches are caches: replaced by files or directories, they are
+    rebuilt or moved aside; locks/ damage is a clear error."""
+
+    CASES = [(rel, "file") for rel in (
+        "cache", "cache/index", "cache/index/staged", "cache/index/claims",
+        "cache/index/running", "cache/index/version", "cache/runs.json",
+        "cache/flags")] + [(rel, "dir") for rel in (
+            "cache/index/staged/junk", "cache/index/staged/" + "0" * 20 +
+            "-" + "a" * 32, "cache/runs.json", "cache/index/version",
+            "cache/index/running/" + "b" * 32)] + [
+        ("cache/flags/*.json", '{"mode": "globals", "flags": 5}'),
+        ("cache/flags/*.json", '{"mode": "args", "flags": {"x": 5}}'),
+        ("cache/runs.json", '{"version": 3, "rows": [[1, 2], "x"]}')]
+
+    def damage(self, rel, kind):
+        for target in glob.glob(path(self.home, rel)) or [
+                path(self.home, rel)]:
+            if os.path.isdir(target):
+                shutil.rmtree(target)
+            else:
+                guild._remove(target)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            if kind == "dir":
+                os.makedirs(path(target, "sub"))
+            else:
+                write(target, "junk" if kind == "file" else kind)
+
+    def test_damaged_caches_are_rebuilt_or_moved_aside(self):
+        write(path(self.project, "ok.py"), OK_SCRIPT)
+        self.chdir(self.project)
+        self.assertEqual(guild_main("run", "ok.py", "--stage", "-y")[0], 0)
+        self.assertEqual(self.guild("run", "queue", "run-once=yes",
+                                    "-y")[0], 0)
+        template = mkdtemp()
+        shutil.rmtree(template)
+        shutil.copytree(self.home, template)
+        for rel, kind in self.CASES:
+            with self.subTest(path=rel, kind=kind):
+                shutil.rmtree(self.home)
+                shutil.copytree(template, self.home)
+                self.damage(rel, kind)
+                code, out = guild_main("run", "ok.py", "x=2", "--stage",
+                                       "-y")
+                self.assertEqual(code, 0, out)
+                code, out = self.guild("run", "queue", "run-once=yes", "-y")
+                self.assertEqual(code, 0, out)
+                self.assertNotIn("Traceback", out)
+                code, out = guild_main("runs", "-Ss")
+                self.assertEqual(code, 0, out)
+                self.assertNotIn("[1:", out)  # nothing left staged
+                self.assertEqual(len(guild_main("runs", "-Sc")[1]
+                                     .splitlines()), 4)  # 2 ok.py, 2 queues
+                if kind == "dir" or (kind == "file" and not rel.endswith(
+                        ("version", "runs.json"))):  # those are rewritten
+                    self.assertTrue(os.listdir(path(self.home,
+                                                    "cache.damaged")))
+
+    def test_damaged_locks_are_a_clear_error(self):
+        write(path(self.project, "ok.py"), OK_SCRIPT)
+        self.guild("run", "ok.py", "--stage", "-y")
+        for rel, kind, message in (
+                ("locks", "file", "is a file; move it away"),
+                ("locks/run-status", "dir", "the lock file '%s' is a "
+                 "directory: remove it" % path(self.home, "locks",
+                                               "run-status"))):
+            self.damage(rel, kind)
+            self.assertGuildError(self.guild("run", "queue", "run-once=yes",
+                                             "-y"), message)
+            shutil.rmtree(path(self.home, "locks"), ignore_errors=True)
+            guild._remove(path(self.home, "locks"))
+        self.assertEqual(self.guild("run", "queue", "run-once=yes",
+                                    "-y")[0], 0)
 
 
 # ---------------------------------------------------------------------------
@@ -4160,6 +4410,131 @@ class TensorBoardCommandTest(GuildTestCase):
             self.assertGuildError(self.tensorboard(path_env=mkdtemp()),
                                   "tensorboard is not installed: pip "
                                   "install tensorboard")
+
+# ---------------------------------------------------------------------------
+# Bad input, through the command line and the API
+# ---------------------------------------------------------------------------
+
+
+ARGS_SCRIPT = """\
+import argparse
+p = argparse.ArgumentParser()
+p.add_argument("--msg", default="hi")
+print(p.parse_args().msg)
+"""
+LR_SCRIPT = "lr = 0.1\nprint('loss: %s' % lr)\n"
+
+
+class BadInputTest(GuildTestCase):
+    """A corpus of bad input: each case is refused with a clear error (no
+    traceback), creates no run, and leaves a store that still lists and
+    runs."""
+    starts_scripts = True  # also run in the fresh-interpreter pass
+
+    SYMLINK = "link"  # a symlink in the run to a file outside it
+
+    # (argv, files to write, exit code, message fragment); RUN stands for
+    # the id of the run in the store.
+    CASES = [
+        (["run", "ok.py", "x=range[1:100000000]", "-m", "2", "-y"], {}, 1,
+         "100000000 values, more than the 100000 a list may hold"),
+        (["run", "ok.py", "x=range[1:1000]", "lr=range[1:1000]",
+          "--force-flags", "-y"], {}, 2, "1000000 trials, more than 100000"),
+        (["run", "ok.py", "x=logspace[-5:400:5]", "-y"], {}, 1,
+         "its values are out of range"),
+        (["run", "ok.py", "x=[1:1e400]", "-y"], {}, 1,
+         "1e400 is out of range"),
+        (["run", "ok.py", "x=linspace[0:1:1000000000]", "-y"], {}, 1,
+         "more than the 100000"),
+        (["run", "ok.py", "x=[1:5]", "-m", "1000000000", "-y"], {}, 2,
+         "more than 100000: sample fewer"),
+        (["run", "ok.py", "x=[]", "-y"], {}, 1, "the batch has no trials"),
+        (["run", "ok.py", "x=" + "1" * 5000, "-y"], {}, 1,
+         "too many digits"),
+        (["cat", "-p", "/etc/hostname", "RUN"], {}, 1,
+         "'/etc/hostname' is not a path inside run"),
+        (["cat", "-p", "../../x", "RUN"], {}, 1, "is not a path inside run"),
+        (["cat", "-p", SYMLINK, "RUN"], {}, 1, "is not a path inside run"),
+        (["run", "ok.py", "--stage", "--start", "RUN", "-y"], {}, 2,
+         "an operation ('ok.py') cannot be used with --start"),
+        (["run", "--start", "RUN", "--stage", "-y"], {}, 2,
+         "--stage cannot be used with --start"),
+        (["run", "--restart", "RUN", "-m", "2", "-y"], {}, 2,
+         "--max-trials cannot be used with --restart"),
+        (["run", "--start", "RUN", "--restart", "RUN", "-y"], {}, 2,
+         "use --start or --restart, not both"),
+        (["run", "ok.py", "@empty.csv", "-y"], {"empty.csv": "x\n"}, 1,
+         "batch file 'empty.csv' lists no trials"),
+        (["run", "ok.py", "@empty.json", "-y"], {"empty.json": "[]"}, 1,
+         "batch file 'empty.json' lists no trials"),
+        (["run", "ok.py", "@nul.json", "-y"],
+         {"nul.json": '[{"x": "a\\u0000b"}]'}, 1, "a NUL byte is not allowed"),
+        (["run", "ok.py", "@sur.json", "-y"],
+         {"sur.json": '[{"x": "a\\ud800b"}]'}, 1, "not valid Unicode text"),
+        (["run", "ok.py", "@name.json", "--force-flags", "-y"],
+         {"name.json": '[{"a b": 1}]'}, 1, "invalid flag name 'a b'"),
+        (["run", "args.py", "msg=a\0b", "-y"], {}, 1,
+         "a NUL byte is not allowed"),
+        (["run", "args.py", "msg=a\udcffb", "-y"], {}, 1,
+         "not valid Unicode text"),
+        (["run", "ok.py", "--gpus", "0\0", "-y"], {}, 1,
+         "a NUL byte is not allowed"),
+    ]
+
+    def setUp(self):
+        super().setUp()
+        write(path(self.project, "ok.py"), OK_SCRIPT)
+        write(path(self.project, "args.py"), ARGS_SCRIPT)
+        write(path(self.project, "lr.py"), LR_SCRIPT)
+        self.chdir(self.project)
+
+    def test_bad_input_corpus(self):
+        self.assertEqual(guild_main("run", "ok.py", "-y")[0], 0)
+        run = guild.list_runs()[0]
+        os.symlink("/etc/hostname", path(run.dir, self.SYMLINK))
+        for argv, files, exit_code, message in self.CASES:
+            with self.subTest(argv=argv):
+                for name, text in files.items():
+                    write(path(self.project, name), text)
+                argv = [run.id if a == "RUN" else a for a in argv]
+                code, out = guild_main(*argv)
+                self.assertEqual(code, exit_code, out)
+                self.assertIn("guild: ", out)
+                self.assertIn(message, out)
+                self.assertNotIn("Traceback", out)
+                self.assertEqual(len(guild.list_runs()), 1)
+        code, out = self.guild("run", "ok.py", "x=[2,3]", "-y")
+        self.assertEqual(code, 0, out)
+        self.assertEqual({r.status for r in guild.list_runs()},
+                         {"completed"})
+
+    def test_huge_grids_are_sampled_lazily(self):
+        code, out = guild_main("run", "ok.py", "x=range[1:50000]",
+                               "lr=range[1:50000]", "--force-flags", "-m",
+                               "3", "--random-seed", "1", "--print-trials")
+        self.assertEqual(code, 0, out)
+        self.assertEqual(len(out.splitlines()), 4, out)
+
+    def test_api_raises_guild_errors_for_bad_arguments(self):
+        for call, error, message in (
+                (lambda: guild.run_op("ok.py", flags="x=2"), guild.UsageError,
+                 "flags must be dict, not 'x=2'"),
+                (lambda: guild.run_attrs("lr.py", {"lr": 10 ** 400}),
+                 guild.FlagError, "too large for a float"),
+                (lambda: guild.run_attrs("ok.py", {"x": "[1,2]"},
+                                         max_trials="2"),
+                 guild.UsageError, "max_trials must be int"),
+                (lambda: guild.run_attrs("ok.py", {1: 2}), guild.FlagError,
+                 "invalid flag name 1"),
+                (lambda: guild.runs(batch="deadbeef"), guild.RunError,
+                 "could not find a run matching 'deadbeef'"),
+                (lambda: guild.runs(status="bogus"), guild.UsageError,
+                 "unknown status 'bogus'")):
+            with self.assertRaises(error) as ctx:
+                call()
+            self.assertIn(message, str(ctx.exception))
+        self.assertEqual(guild.list_runs(), [])
+
 
 # ---------------------------------------------------------------------------
 # 15-16. API and packaging
