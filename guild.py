@@ -5900,31 +5900,19 @@ def _corrupt_summary(run_id):
     return summary
 
 
-def _sane_summary(x):
-    """x, or a corrupt entry if its attributes have the wrong types."""
-    times_ok = all(x[name] is None or isinstance(x[name], int) for name in
-                   ("created", "started", "stopped"))
-    if (isinstance(x["flags"], dict) and isinstance(x["label"], str)
-            and isinstance(x["op"], str) and times_ok):
-        return x
-    return _corrupt_summary(x["id"])
+def _sane_summary(x, runs_dir):
+    """x, or a corrupt entry for a run whose run.json is damaged (the
+    store lists it, its operation unknown: see _run_summary)."""
+    if x["op"] == "?" and _read_record(os.path.join(
+            runs_dir, x["id"], ".guild", RUN_ATTRS))[1]:
+        return _corrupt_summary(x["id"])
+    return x
 
 
 def _view_summaries(view):
-    """The view's runs, newest first, then its corrupt run directories
-    (those with a .guild/run.json that is not a run's)."""
-    summaries = run_summaries(view.runs_dir)
-    known = {x["id"] for x in summaries}
-    try:
-        with os.scandir(view.runs_dir) as scan:
-            corrupt = sorted(
-                entry.name for entry in scan if entry.name not in known
-                and os.path.exists(os.path.join(entry.path, ".guild",
-                                                RUN_ATTRS)))
-    except OSError:
-        corrupt = []
-    listed = [_sane_summary(x) for x in summaries] + [
-        _corrupt_summary(run_id) for run_id in corrupt]
+    """The view's runs, newest first (damaged ones, undated, last)."""
+    listed = [_sane_summary(x, view.runs_dir)
+              for x in run_summaries(view.runs_dir)]
     return [x for x in listed if view.where.matches(x) and (
         view.only is None or x["id"] in view.only)]
 

@@ -3966,7 +3966,8 @@ class ViewTest(GuildTestCase):
         shutil.copytree(path(self.store, "home"), self.home, symlinks=True)
         self.corrupt_id = "c0" * 16
         self.url = self.serve(guild._View(path(self.home, "runs")))
-        self.summaries = guild.run_summaries(path(self.home, "runs"))
+        self.summaries = [x for x in guild.run_summaries(path(
+            self.home, "runs")) if x["id"] != self.corrupt_id]
         self.trials = [x for x in self.summaries if x["kind"] == "script"]
 
     def serve(self, view):
