@@ -418,6 +418,11 @@ def _raise_stop(signum, _frame):
     raise _StopRequested(signum)
 
 
+# Besides Ctrl-C (SIGINT), the signals that stop a guild command: SIGTERM,
+# and SIGHUP, which its terminal closing sends.
+_STOP_SIGNALS = () if IS_WINDOWS else ("SIGTERM", "SIGHUP")
+
+
 # ---------------------------------------------------------------------------
 ## 4. Small utilities: ids, time, JSON files, processes, host beats
 # ---------------------------------------------------------------------------
@@ -3471,6 +3476,9 @@ def _script_process_main(words):
     else:
         code = _compile_script(source, script, json.loads(arg))
     own_pid = os.getpid()
+    watcher = os.environ.pop(WATCHER_ENV, None)
+    if watcher:
+        _die_with(int(watcher))
     _set_script_path(os.path.dirname(os.path.abspath(script)))
     sys.argv = [script] + args
     status = _exec_as_main(code, script)
@@ -3487,6 +3495,25 @@ def _script_process_main(words):
         signal.signal(-status, signal.SIG_DFL)
         os.kill(os.getpid(), -status)
     return status
+
+
+WATCHER_ENV = "GUILD_WATCHER_PID"  # taken out before the script runs
+
+if sys.platform.startswith("linux"):
+
+    def _die_with(watcher_pid):
+        """Have the kernel kill this process when its parent, the guild
+        process watching the run, dies, however it dies (kill -9 too);
+        if it is already gone, exit now."""
+        import ctypes
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != watcher_pid:
+            os._exit(1)
+
+else:  # pragma: no cover - only the signals a watcher handles reach it
+
+    def _die_with(_watcher_pid):
+        pass
 
 
 def _compile_script(source, script, replace=None):
@@ -3853,8 +3880,10 @@ def _fork_script_process(words, cwd, env, out_fd):
     interpreter would do, less its start-up."""
     for stream in (sys.stdout, sys.stderr):  # or the child writes it again
         stream.flush()
-    if words[0] == "run" and words[1] != "{}":
-        __import__("ast")  # imported once for all the scripts a queue forks
+    if words[0] == "run":  # imported once for all the scripts a queue forks
+        __import__("ctypes")
+        if words[1] != "{}":
+            __import__("ast")
     pid = os.fork()
     if pid:
         return _ForkedProcess(pid)
@@ -4040,6 +4069,7 @@ def _run_script(run, attrs, gpus, record):
     to its end; return its exit status."""
     env = dict(os.environ, RUN_DIR=run.dir, RUN_ID=run.id,
                GUILD_HOME=_guild_home(), PYTHONUNBUFFERED="1")
+    env[WATCHER_ENV] = str(os.getpid())  # the script dies with its watcher
     if _Notice.handled:  # the script may checkpoint when it gets this
         env["GUILD_PREEMPT_SIGNAL"] = "USR1"
     if gpus is not None:
@@ -4174,7 +4204,7 @@ class _handle_stop_signals:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            names = ["SIGINT"] + ([] if IS_WINDOWS else ["SIGTERM"])
+            names = ("SIGINT",) + _STOP_SIGNALS
             self.saved = [(getattr(signal, n), signal.signal(
                 getattr(signal, n), self.handler)) for n in names]
         return self
@@ -7083,10 +7113,19 @@ def _confirm(prompt, default=True, yes=False):
 
 
 def _install_stop_handlers():
-    if not IS_WINDOWS and threading.current_thread() is \
-            threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_stop)
+    """SIGTERM, and SIGHUP (the terminal closed), stop the command as
+    Ctrl-C does: a run it watches ends terminated, its script's process
+    group signalled. Returns what to restore: [(signum, old handler)]."""
+    if threading.current_thread() is not threading.main_thread():
+        return []
+    saved = [(signum, signal.getsignal(signum)) for signum in [
+        getattr(signal, n) for n in _STOP_SIGNALS + ("SIGUSR1",)
+        if hasattr(signal, n)]]
+    for name in _STOP_SIGNALS:
+        signal.signal(getattr(signal, name), _raise_stop)
+    if not IS_WINDOWS:
         _Notice.install()
+    return saved
 
 
 def _exit_code(exit_status):
@@ -9158,6 +9197,10 @@ def _take_extra_flags(args, extra):
 def main(argv=None):
     """Run the command line with argv; return the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    # Called as a library, main leaves the process as it found it.
+    saved_home = os.environ.get("GUILD_HOME")
+    saved_quiet, saved_notice = _Output.quiet, _Notice.handled
+    saved_handlers = []
     _log_to_terminal(True)
     stdout_errors = _set_stdout_errors("backslashreplace")
     try:
@@ -9176,7 +9219,7 @@ def main(argv=None):
             return 0
         _Output.quiet = bool(getattr(args, "quiet", False))
         _host_lease()  # a bad GUILD_HOST_LEASE fails here, before any work
-        _install_stop_handlers()
+        saved_handlers = _install_stop_handlers()
         return args.func(args)
     except GuildError as e:
         sys.stderr.write("%s: %s\n" % (PROG, e))
@@ -9193,6 +9236,13 @@ def main(argv=None):
     finally:
         _log_to_terminal(False)
         _set_stdout_errors(stdout_errors)
+        for signum, handler in saved_handlers:
+            signal.signal(signum, handler)
+        _Output.quiet, _Notice.handled = saved_quiet, saved_notice
+        if saved_home is None:
+            os.environ.pop("GUILD_HOME", None)
+        else:
+            os.environ["GUILD_HOME"] = saved_home
 
 
 # ---------------------------------------------------------------------------

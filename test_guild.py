@@ -340,14 +340,16 @@ class GuildTestCase(unittest.TestCase):
     def runs(self):
         return guild.list_runs(path(self.home, "runs"))
 
-    def start_guild(self, *args, until=b"sleeping"):
-        """Start `guild ARGS` in the background; return it once a line
-        of its output contains until."""
+    def start_guild(self, *args, until=b"sleeping", new_group=False):
+        """Start `guild ARGS` in the background (with new_group, as a
+        shell starts a command: in a process group of its own); return it
+        once a line of its output contains until."""
         p = subprocess.Popen(
             [sys.executable, GUILD_PY] + list(args), cwd=self.project,
             env=dict(os.environ, GUILD_HOME=self.home),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            preexec_fn=None if IS_WINDOWS else _default_sigint)
+            preexec_fn=None if IS_WINDOWS else _default_sigint,
+            start_new_session=new_group)
         self.addCleanup(p.stdout.close)
         while until not in p.stdout.readline():
             if p.poll() is not None:
@@ -1856,32 +1858,143 @@ class RunTest(GuildTestCase):
                         guild_home=home, env=env, guild_py=guild_py)
                     self.assertEqual((code, out), (0, "mine 3 True True\n"))
 
-    @unittest.skipIf(IS_WINDOWS, "POSIX signals")
-    def test_sigterm_or_ctrl_c_leaves_run_terminated(self):
-        self.copy_sample("sleep.py")
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            with self.subTest(signal=signum):
-                p = self.start_guild("run", "sleep.py", "-y")
-                self.assertEqual(self.runs()[0].status, "running")
-                p.send_signal(signum)
-                self.assertEqual(p.wait(timeout=30), 128 + signum)
-                self.assertEqual(self.runs()[0].status, "terminated")
+    def test_script_ends_as_under_python(self):
+        # Each script ends under plain python with this code and output;
+        # under guild too, in both start modes, with the run's status.
+        scripts = {
+            "pools.py": (  # executors left open: Python shuts them down
+                "import concurrent.futures as cf\n"
+                "t = cf.ThreadPoolExecutor(2)\n"
+                "p = cf.ProcessPoolExecutor(2)\n"
+                "print(t.submit(pow, 2, 3).result(),"
+                " p.submit(pow, 3, 2).result())\n",
+                0, "8 9\n", "completed"),
+            "exit256.py": ("import sys\nsys.exit(256)\n", 0, "",
+                           "completed"),
+            "forks.py": (  # a forked child's exit 0 is not the run's
+                "import os, sys, time\n"
+                "if os.fork() == 0:\n"
+                "    time.sleep(0.2)\n"
+                "    sys.exit(0)\n"
+                "sys.exit('parent failed')\n",
+                1, "parent failed\n", "error"),
+            "unclosed.py": (  # the interpreter's teardown flushes it
+                "f = open('unclosed.txt', 'w')\nf.write('kept')\n",
+                0, "", "completed"),
+        }
+        for name, (source, _code, _out, _status) in scripts.items():
+            write(path(self.project, name), source)
+        for name, (_source, code, out, status) in scripts.items():
+            with self.subTest(script=name, python=True):
+                p = subprocess.run([sys.executable, name], cwd=self.project,
+                                   stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, timeout=60)
+                self.assertEqual((p.returncode, p.stdout.decode()),
+                                 (code, out))
+            for env in ({}, {"GUILD_NO_FORK": "1"}):
+                with self.subTest(script=name, env=env):
+                    self.assertEqual(self.guild("run", name, "-y", env=env,
+                                                timeout=60), (code, out))
+                    run = self.runs()[0]
+                    time.sleep(0.3 if name == "forks.py" else 0)
+                    self.assertEqual((run.status, run.get("exit_status")),
+                                     (status, code))
+        for run in self.runs():
+            if run.op_desc == "unclosed.py":
+                with open(path(run.dir, "unclosed.txt")) as f:
+                    self.assertEqual(f.read(), "kept")
+
+    def test_main_as_a_library_restores_what_it_changed(self):
+        saved = signal.getsignal(signal.SIGTERM) if not IS_WINDOWS else None
+        os.environ.pop("GUILD_HOME")
+        self.addCleanup(os.environ.__setitem__, "GUILD_HOME", self.home)
+        with io.StringIO() as out:
+            stdout, sys.stdout = sys.stdout, out
+            try:
+                self.assertEqual(guild.main(["-H", self.home, "runs"]), 0)
+            finally:
+                sys.stdout = stdout
+        self.assertNotIn("GUILD_HOME", os.environ)
+        if not IS_WINDOWS:
+            self.assertIs(signal.getsignal(signal.SIGTERM), saved)
 
     @unittest.skipIf(IS_WINDOWS, "POSIX signals")
-    def test_killed_supervisor_and_script_is_error_not_running(self):
+    def test_stop_signals_leave_run_terminated_and_reach_its_group(self):
+        # SIGTERM, Ctrl-C (SIGINT) and the terminal closing (SIGHUP, to
+        # the command's process group) stop the script and the processes
+        # it started; the run ends terminated.
+        write(path(self.project, "family.py"),
+              "import subprocess, sys, time\n"
+              "c = subprocess.Popen([sys.executable, '-c',"
+              " 'import time; time.sleep(60)'])\n"
+              "open('child.pid', 'w').write(str(c.pid))\n"
+              "print('sleeping', flush=True)\n"
+              "time.sleep(60)\n")
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            with self.subTest(signal=signum):
+                p = self.start_guild("run", "family.py", "-y",
+                                     new_group=True)
+                run = self.runs()[0]
+                self.assertEqual(run.status, "running")
+                with open(path(run.dir, "child.pid")) as f:
+                    child = int(f.read())
+                if signum == signal.SIGHUP:
+                    os.killpg(p.pid, signum)
+                else:
+                    p.send_signal(signum)
+                self.assertEqual(p.wait(timeout=30), 128 + signum)
+                self.assertEqual(run.status, "terminated")
+                self.assertProcessEnds(child)
+
+    def assertProcessEnds(self, pid):
+        for _ in range(200):
+            if guild._proc_token(pid) is None:
+                return
+            time.sleep(0.02)
+        self.fail("process %d still runs" % pid)
+
+    @unittest.skipIf(not sys.platform.startswith("linux"),
+                     "the script's process dies with its watcher on Linux")
+    def test_killed_command_takes_its_script_with_it(self):
+        # kill -9 of a foreground run's process group, and of a queue's:
+        # the script's process dies too, and the run ends error, saying
+        # why; a queue then leaves it (it is not staged again).
         self.copy_sample("sleep.py")
-        p = self.start_guild("run", "sleep.py", "-y")
+        p = self.start_guild("run", "sleep.py", "-y", new_group=True)
         run = self.runs()[0]
-        child = guild._read_json(run.guild_path("proc.json"))["child"]
-        p.kill()
+        script = guild._read_json(run.guild_path("proc.json"))["child"]
+        os.killpg(p.pid, signal.SIGKILL)
         p.wait()
-        self.assertEqual(run.status, "running")  # the script still runs
-        os.kill(child["pid"], signal.SIGKILL)
-        for _ in range(100):
-            if run.status != "running":
-                break
-            time.sleep(0.05)
+        self.assertProcessEnds(script["pid"])
         self.assertEqual(run.status, "error")
+        code, out = self.guild("runs", "info")
+        self.assertIn("died without recording an exit", out)
+
+        self.guild("run", "sleep.py", "--stage", "-y")
+        staged = self.runs()[0]
+        p = self.start_guild("run", "queue", "poll-interval=1", "-y",
+                             new_group=True)
+        script = guild._read_json(staged.guild_path("proc.json"))["child"]
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        self.assertProcessEnds(script["pid"])
+        self.assertEqual(staged.status, "error")
+        p = self.start_guild("run", "queue", "poll-interval=1", "-y",
+                             until=b"Waiting for staged runs")
+        p.send_signal(signal.SIGHUP)
+        self.assertEqual(p.wait(timeout=30), 128 + signal.SIGHUP)
+        self.assertEqual(staged.status, "error")
+
+    @unittest.skipIf(IS_WINDOWS, "POSIX signals")
+    def test_queue_hangup_ends_its_run_terminated(self):
+        self.copy_sample("sleep.py")
+        self.guild("run", "sleep.py", "--stage", "-y")
+        run = self.runs()[0]
+        p = self.start_guild("run", "queue", "poll-interval=1", "-y",
+                             new_group=True)
+        os.killpg(p.pid, signal.SIGHUP)
+        self.assertEqual(p.wait(timeout=30), 128 + signal.SIGHUP)
+        self.assertEqual(run.status, "terminated")
 
 
 # ---------------------------------------------------------------------------
