@@ -3822,10 +3822,11 @@ def _this_file_compiled():
     """This file's bytecode, for a fresh interpreter to run: Python
     compiles a file it is given to run on every start, and compiling
     guild.py costs about as much as the interpreter's start-up. Kept in
-    GUILD_HOME/cache/code, named by this file's path and Python's version;
-    this file itself where it cannot be written."""
+    GUILD_HOME/code (not the cache, which may be deleted while runs
+    start), named by this file's path and Python's version; this file
+    itself where it cannot be written."""
     import importlib.util
-    pyc = os.path.join(_guild_home(), "cache", "code", "%08x-%s" % (
+    pyc = os.path.join(_guild_home(), "code", "%08x-%s" % (
         zlib.crc32(_THIS_FILE.encode("utf-8", "replace")),
         os.path.basename(importlib.util.cache_from_source(_THIS_FILE))))
     try:
