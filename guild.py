@@ -6005,6 +6005,17 @@ def _view_selected(view, params):
     return [x for x in summaries if x["id"] in wanted]
 
 
+def _view_compared(view, params):
+    """(selected summaries, columns, rows) of the compare page, its CSV
+    and /api/compare: what `guild compare` shows for those runs (batch
+    runs left out unless include_batch=1)."""
+    selected = _view_selected(view, params)
+    if _param(params, "include_batch") != "1":
+        selected = [x for x in selected if x["kind"] != "batch"]
+    columns, rows = compare_table(selected, view.runs_dir)
+    return selected, columns, rows
+
+
 def _view_listing(view, params):
     """(page of (summary, compare row) pairs, total) for the runs page
     and /api/runs: page filters, then sort, then offset and limit."""
@@ -6442,8 +6453,7 @@ def _plot_runs(view, summaries):
 
 
 def _compare_page(view, params):
-    selected = _view_selected(view, params)
-    columns, rows = compare_rows(selected)
+    selected, columns, rows = _view_compared(view, params)
     table = "<tr>%s</tr>%s" % (
         "".join("<th>%s</th>" % _esc(c) for c in columns), "".join(
             "<tr>%s</tr>" % "".join(
@@ -6613,7 +6623,7 @@ def _route(view, parts, params):
         return _html_reply(_compare_page(view, params))
     if parts == ["compare.csv"]:
         out = io.StringIO()
-        _write_compare_csv(out, *compare_rows(_view_selected(view, params)))
+        _write_compare_csv(out, *_view_compared(view, params)[1:])
         return _Reply(200, "text/csv; charset=utf-8", out.getvalue().encode(
             "utf-8"), headers=[("Content-Disposition",
                                 "attachment; filename=\"compare.csv\"")])
@@ -6629,7 +6639,7 @@ def _route(view, parts, params):
     if parts[1:2] == ["runs"] and n == 4 and parts[3] == "output":
         return _json_reply(_output_json(view, parts[2], params))
     if parts == ["api", "compare"]:
-        columns, rows = compare_rows(_view_selected(view, params))
+        _selected, columns, rows = _view_compared(view, params)
         return _json_reply({"columns": columns, "rows": [
             [r.get(c) for c in columns] for r in rows]})
     if parts == ["api", "scalars"]:

@@ -4225,6 +4225,11 @@ class ViewTest(GuildTestCase):
             x["id"] for x in self.trials))
         rows = page.find("table", **{"class": "compare"})[0]
         self.assertIn(self.trials[0]["id"][:8], rows["text"])
+        # All runs: as `guild compare`, batch runs left out by default.
+        code, out = self.guild("compare", "--csv", "-")
+        self.assertEqual(self.get("/compare.csv")[2], out)
+        batch = [x for x in self.summaries if x["kind"] == "batch"][0]
+        self.assertNotIn(batch["id"][:8], out)
         legend = page.find("p", **{"class": "legend"})[0]["text"]
         for x in self.trials:
             self.assertIn("%s lr=%s" % (x["id"][:8], x["flags"]["lr"]),
@@ -4761,6 +4766,11 @@ def _default_home_state():
 def _main():
     """Run the tests; end with a `N passed, N failed` line for CI."""
     home_before = _default_home_state()
+    # A suite started in the background inherits SIGINT ignored, and so
+    # would every guild it starts: the Ctrl-C tests need it delivered.
+    if (hasattr(signal, "SIGINT")
+            and signal.getsignal(signal.SIGINT) == signal.SIG_IGN):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     prog = unittest.main(module=__name__, exit=False)
     result = prog.result
     failed = len(result.failures) + len(result.errors) + len(
