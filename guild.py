@@ -45,6 +45,52 @@ file): copy this file freely, keep this notice.
 #  20. Command line
 #  21. Compatibility namespaces
 #  22. Script entry
+#
+# How it fits together
+#
+# From the command line to a script (section numbers in brackets):
+#
+#   main(argv) -> _parser() -> COMMANDS["run"].func = _cmd_run          [20]
+#     |- run_attrs(): the op, its flags (inferred [6, 11]), a batch?    [19]
+#     |- _create_run() -> _init_run(): run dir, snapshot, run.json last [10]
+#     |     `- --stage: STAGED and an index entry; nothing starts
+#     `- _start_run(run)                                                [12]
+#          |- script: _run_script()
+#          |     |- _start_script_process(): a fork, or a fresh
+#          |     |     interpreter loading this file; both enter
+#          |     |     _script_process_main(), which runs the script as
+#          |     |     __main__ and records its own exit               [11]
+#          |     `- _supervise(): relays output, records scalars, passes
+#          |           Ctrl-C, SIGTERM, SIGHUP and USR1 to the script's group
+#          |- batch: _run_batch() or _run_tpe_batch()               [13, 14]
+#          |     `- each trial: init_trial_run() -> _start_run(trial)
+#          `- queue: _run_queue()                                      [15]
+#                `- until done: _claim_next_staged() -> _start_run(run)
+#
+#   guild slurm submit -> _slurm_submit(): sbatch arrays whose tasks each
+#   exec a queue over the same store                                   [16]
+#
+# A run's state is never stored: run_status() derives it from the files
+# in its .guild directory [8]; each arrow names the function that makes
+# the file behind the next state.
+#
+#   A new run (_init_run) is staged (--stage, staged trials), or started
+#   at once by _start_run, which records its process (running); then:
+#
+#              _claim_staged()            _record_start(),
+#     staged -----------------> pending -----------------> running
+#      ^  ^                        |      _mark_started()    |   |
+#      |  `------------------------'                         |   |
+#      |   _restage_dead_claims(): its claimer died          |   |
+#      `----------- _restage_in_place(): preempted (USR1) ---'   |
+#                                                                |
+#                     _record_script_exit(), or _start_run()'s end
+#                                                                v
+#                                        completed | error | terminated
+#
+#   A running run whose process (and, on another machine, whose host's
+#   lease) died without an exit record reads as error; a run whose files
+#   are damaged lists as error or "?", the reason in `runs info`.
 
 __version__ = "0.1.0"
 
