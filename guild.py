@@ -6058,7 +6058,11 @@ def _view_compared(view, params):
     selected = _view_selected(view, params)
     if _param(params, "include_batch") != "1":
         selected = [x for x in selected if x["kind"] != "batch"]
-    columns, rows = compare_table(selected, view.runs_dir)
+    # The table from the store's own entries, as `guild compare` has them
+    # (the view marks damaged runs "corrupt" in its pages only).
+    store = {x["id"]: x for x in run_summaries(view.runs_dir)}
+    columns, rows = compare_table([store.get(x["id"], x) for x in selected],
+                                  view.runs_dir)
     return selected, columns, rows
 
 
