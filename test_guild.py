@@ -2685,7 +2685,9 @@ class QueueScaleTest(GuildTestCase):
                 self.assertIn("died without recording an exit",
                               guild._status_reason(trial))
         self.assertLessEqual(set(by_status), {"completed", "error"})
-        self.assertGreater(len(by_status["completed"]), 110)
+        # A killed queue's script dies with it (issue 9): each of the 12
+        # kills may end the one trial its queue was running, no more.
+        self.assertLessEqual(len(by_status.get("error", [])), 12)
         if os.environ.get("GUILD_TEST_VERBOSE"):
             print({k: len(v) for k, v in by_status.items()},
                   sorted(r.status for r in self.runs()
