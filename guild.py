@@ -172,6 +172,9 @@ import time
 import types
 import zlib
 
+_THIS_FILE = os.path.abspath(__file__)
+_THIS_MODULE = sys.modules[__name__]
+
 IS_WINDOWS = os.name == "nt"
 # Owners of claims and runs name their machine: a shared store is read by
 # queues on several hosts, and a pid means something only on its own.
@@ -283,6 +286,51 @@ _INT_RE = re.compile(r"^[-+]?\d+$")
 _FLOAT_RE = re.compile(r"^[-+]?(\d+\.\d*|\.\d+|\d+)([eE][-+]?\d+)?$")
 _SOURCE_SKIP_DIRS = {"__pycache__", "node_modules", "venv", "env"}
 
+
+class _ProcessState:
+    """Everything guild.py keeps in memory between calls, in one place:
+    nothing else at module level changes after import. A script's forked
+    process calls reset() (see _reset_process_state), so that it starts
+    with guild as a fresh import leaves it."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        # 2. Output: run output files open in this process (a batch or a
+        # queue keeps its own open: what the runs it starts print lands
+        # there too), and -q/--quiet.
+        self.output_files = []
+        self.quiet = False
+        # 2. Logging: a handler is set up; it prints for the command line.
+        self.log_setup = False
+        self.log_cli = False
+        # 4. The last timestamp given (_timestamp: strictly increasing).
+        self.last_timestamp = 0
+        # 4. This process as an owner (host, pid, start), by pid, and its
+        # last host beat by guild home (time.monotonic()).
+        self.own_owner = {}
+        self.last_beat = {}
+        # 5. Record locks this process holds, by path, and their guard.
+        self.lock_guard = threading.Lock()
+        self.lock_states = {}
+        # 9. The listing cache as last parsed, by path, with the stat that
+        # says it is unchanged: a long-lived process (the view, a
+        # notebook) lists again without parsing again.
+        self.parsed_summaries = {}
+        # 12. A preemption notice (_Notice): a USR1 handler is installed
+        # (the command line's); time.monotonic() of the notice; its grace
+        # (seconds); the script's process group being watched, and the
+        # one the notice reached.
+        self.notice_handled = False
+        self.notice_at = None
+        self.notice_grace = PREEMPT_GRACE_SECONDS
+        self.notice_script_pid = None
+        self.notice_delivered = None
+
+
+_STATE = _ProcessState()
+
 # ---------------------------------------------------------------------------
 ## 2. Output and logging
 # ---------------------------------------------------------------------------
@@ -303,19 +351,7 @@ class _Logger:
 
 log = _Logger("guild")
 queue_log = _Logger("guild.queue")
-_LOG_SETUP = {"done": False, "cli": False}
 _LOG_HANDLER_NAME = "guild.py"
-
-
-class _Output:
-    """Where run output goes: the terminal and every open run output file.
-
-    A batch or queue run keeps its output file open while it works, so the
-    output of the runs it starts lands in its own output too.
-    """
-
-    files = []
-    quiet = False
 
 
 def _write_stdout(data):
@@ -332,10 +368,10 @@ def _write_stdout(data):
 
 def _tee(data, show=True):
     """Write bytes to the open run output files and, if show, to stdout."""
-    for f in _Output.files:
+    for f in _STATE.output_files:
         f.write(data)
         f.flush()
-    if show and not _Output.quiet:
+    if show and not _STATE.quiet:
         _write_stdout(data)
 
 
@@ -343,6 +379,26 @@ def _echo(text=""):
     """Print a line for the user, recording it in open run outputs."""
     _tee((text + "\n").encode("utf-8"), show=False)
     print(text, flush=True)
+
+
+def _showing_progress():
+    """True if progress lines are shown: on a terminal, unless quiet."""
+    return getattr(sys.stderr, "isatty", lambda: False)() and \
+        not _STATE.quiet
+
+
+def _progress(text, started):
+    """Show a progress line on a terminal (stderr); nothing otherwise."""
+    stream = sys.stderr
+    if not _showing_progress():
+        return
+    elapsed = int(time.monotonic() - started)
+    line = "[guild] %s, %d:%02d:%02d elapsed" % (
+        text, elapsed // 3600, elapsed // 60 % 60, elapsed % 60)
+    if not os.environ.get("NO_COLOR"):
+        line = "\x1b[2m%s\x1b[0m" % line  # dim
+    stream.write(line + "\n")
+    stream.flush()
 
 
 def _set_stdout_errors(errors):
@@ -360,11 +416,11 @@ def _set_stdout_errors(errors):
 def _logger(name):
     """The logging logger name; the first call sets up guild's loggers."""
     import logging
-    if not _LOG_SETUP["done"]:
-        _LOG_SETUP["done"] = True
+    if not _STATE.log_setup:
+        _STATE.log_setup = True
         logging.getLogger("guild").addHandler(logging.NullHandler())
-    if _LOG_SETUP["cli"]:
-        _LOG_SETUP["cli"] = False
+    if _STATE.log_cli:
+        _STATE.log_cli = False
         guild_log = logging.getLogger("guild")
         if not any(h.get_name() == _LOG_HANDLER_NAME
                    for h in guild_log.handlers):
@@ -398,8 +454,8 @@ def _log_to_terminal(on):
     """Show guild's log records on the terminal from the next one logged,
     or stop showing them: the command line's choice, never made at import.
     """
-    _LOG_SETUP["cli"] = on
-    if not on and _LOG_SETUP["done"]:
+    _STATE.log_cli = on
+    if not on and _STATE.log_setup:
         guild_log = _logger("guild")
         for h in list(guild_log.handlers):
             if h.get_name() == _LOG_HANDLER_NAME:
@@ -479,15 +535,13 @@ def mkid():
     return os.urandom(16).hex()
 
 
-_last_timestamp = [0]
-
 
 def _timestamp():
     """Microseconds since the epoch, strictly increasing in this process."""
     now = time.time_ns() // 1000
-    if now <= _last_timestamp[0]:
-        now = _last_timestamp[0] + 1
-    _last_timestamp[0] = now
+    if now <= _STATE.last_timestamp:
+        now = _STATE.last_timestamp + 1
+    _STATE.last_timestamp = now
     return now
 
 
@@ -827,22 +881,27 @@ else:  # pragma: no cover - macOS and other POSIX without /proc
         return " ".join(out.split()[:-1])
 
 
-_own_owner = {}
-
 
 def _process_owner(pid=None):
     """Identify a process as host, pid and start time (pids get reused);
     None if process pid is not running."""
     if pid is None:
         pid = os.getpid()
-        if pid not in _own_owner:
-            _own_owner.clear()
-            _own_owner[pid] = {"pid": pid, "start": _proc_token(pid),
+        if pid not in _STATE.own_owner:
+            _STATE.own_owner.clear()
+            _STATE.own_owner[pid] = {"pid": pid, "start": _proc_token(pid),
                                "host": HOST}
-        return dict(_own_owner[pid])
+        return dict(_STATE.own_owner[pid])
     start = _proc_token(pid)
     return None if start is None else {"pid": pid, "start": start,
                                        "host": HOST}
+
+
+def _fork_possible():
+    """True if a script's process may be a fork of this one: where
+    FORK_SCRIPTS says so, and this process has no other threads (a
+    notebook's), which a fork would leave in an unknown state."""
+    return FORK_SCRIPTS and threading.active_count() == 1
 
 
 def _owner_alive(owner, record=None):
@@ -899,7 +958,6 @@ def _slurm_task_name(task):
 # host's records never lapse, even if the host was idle before.
 
 DEFAULT_HOST_LEASE = 300
-_last_beat = {}  # guild home -> time.monotonic() of this process's last beat
 
 
 def _host_lease():
@@ -921,7 +979,7 @@ def _beat():
     (a quarter of the lease, at most 30 s) old."""
     home = _guild_home()
     now = time.monotonic()
-    last = _last_beat.get(home)
+    last = _STATE.last_beat.get(home)
     interval = min(_host_lease() / 4, 30)
     if last is not None and now - last < interval:
         return
@@ -933,7 +991,7 @@ def _beat():
             _write_cache_json(path, {"host": HOST})
     except OSError:
         return  # a read-only store: nothing of ours to keep alive
-    _last_beat[home] = now
+    _STATE.last_beat[home] = now
 
 
 def _sleep(seconds):
@@ -965,9 +1023,6 @@ def _older_than_lease(path):
 
 RUN_STATUS = "run-status"
 
-_lock_state_guard = threading.Lock()
-_lock_states = {}
-
 
 class _LockState:
     """One per lock file in this process: record locks are per process."""
@@ -998,8 +1053,8 @@ class Lock:
         if os.path.isdir(path):
             raise GuildError("the lock file '%s' is a directory: remove it "
                              "(guild makes it anew)" % path)
-        with _lock_state_guard:
-            state = _lock_states.setdefault(path, _LockState())
+        with _STATE.lock_guard:
+            state = _STATE.lock_states.setdefault(path, _LockState())
         deadline = None if self.timeout is None else (
             time.monotonic() + self.timeout)
         if not state.thread_lock.acquire(
@@ -1306,6 +1361,12 @@ def format_flags(flags, sep=" "):
     """`loud=no msg=hi`: flags sorted by name."""
     return sep.join("%s=%s" % (name, encode_flag_val(flags[name]))
                     for name in sorted(flags))
+
+
+def _default_label(flags, tags=()):
+    """The label of a run given none: its tags, then its flags."""
+    return " ".join(list(tags) + [format_flags(
+        {k: v for k, v in flags.items() if v is not None})]).strip()
 
 
 def _flagdef_type_for_value(val):
@@ -2914,10 +2975,6 @@ def _scalar_summary(run_dir):
             "step": latest["step"] if latest else None}
 
 
-# The listing cache as last parsed in this process, with the stat that
-# says it is unchanged: a long-lived process (the view, a notebook) lists
-# again without parsing it again.
-_parsed_summary_cache = {}
 
 
 def _remove_unborn(run_dir):
@@ -2961,7 +3018,7 @@ def _load_summary_cache(cache_path):
     except OSError:
         return {}
     signature = (st.st_mtime_ns, st.st_size, st.st_ino)
-    parsed = _parsed_summary_cache.get(cache_path)
+    parsed = _STATE.parsed_summaries.get(cache_path)
     if parsed is not None and parsed[0] == signature:
         return dict(parsed[1])
     cached = _read_json(cache_path)
@@ -2973,7 +3030,7 @@ def _load_summary_cache(cache_path):
                for row in cached["rows"]
                if isinstance(row, list) and len(row) == len(_SUMMARY_TYPES)
                and all(map(isinstance, row, _SUMMARY_TYPES))}
-    _parsed_summary_cache[cache_path] = (signature, entries)
+    _STATE.parsed_summaries[cache_path] = (signature, entries)
     return dict(entries)
 
 
@@ -3471,12 +3528,6 @@ def _init_run(run_dir, attrs, staged, source_root=None, source_files=()):
     return run
 
 
-def _default_label(flags, tags=()):
-    """The label of a run given none: its tags, then its flags."""
-    return " ".join(list(tags) + [format_flags(
-        {k: v for k, v in flags.items() if v is not None})]).strip()
-
-
 def _print_staged(run, run_dir_given):
     desc = run.op_desc
     if run_dir_given:
@@ -3505,7 +3556,6 @@ def _print_staged(run, run_dir_given):
 #                                and exit
 
 SCRIPT_PROCESS_ARG = "--guild-script-process"
-_THIS_FILE = os.path.abspath(__file__)
 
 
 def _script_process_main(words):
@@ -3582,6 +3632,17 @@ def _ast_literal(ast, val):
         return ast.List(elts=[_ast_literal(ast, x) for x in val],
                         ctx=ast.Load())
     return ast.Constant(value=val)
+
+
+_NAMESPACES = ("batch_util", "op_util", "lock", "run")
+
+
+def _register_module(name):
+    """Make `import NAME` and `import NAME.batch_util` (and the other
+    namespaces) give this module: run as a program, it is __main__."""
+    sys.modules[name] = _THIS_MODULE
+    for ns in _NAMESPACES:  # defined in section 21
+        sys.modules[name + "." + ns] = getattr(_THIS_MODULE, ns)
 
 
 def _set_script_path(script_dir):
@@ -3834,13 +3895,6 @@ def _click_flags(command):
 
 # Starting the process: a fork, or a fresh interpreter.
 
-def _fork_possible():
-    """True if a script's process may be a fork of this one: where
-    FORK_SCRIPTS says so, and this process has no other threads (a
-    notebook's), which a fork would leave in an unknown state."""
-    return FORK_SCRIPTS and threading.active_count() == 1
-
-
 def _start_script_process(words, cwd, env, out_fd, fork):
     """Start the script's process for words (see above) in directory cwd
     with environment env, in a session of its own, its stdout and stderr
@@ -3953,16 +4007,7 @@ def _reset_process_state():
     signal handlers as a fresh interpreter has them (a handler set in
     Python is not inherited across exec; an ignored signal is). logging,
     if guild imported it, is forgotten: the script sets up its own."""
-    global _lock_state_guard
-    _Output.files = []
-    _Output.quiet = False
-    _LOG_SETUP.update(done=False, cli=False)
-    _own_owner.clear()
-    _last_beat.clear()
-    _lock_state_guard = threading.Lock()
-    _lock_states.clear()  # record locks are not inherited by a fork
-    _Notice.handled, _Notice.at = False, None
-    _Notice.script_pid = _Notice.delivered = None
+    _STATE.reset()  # record locks, for one, are not inherited by a fork
     if "logging" not in _INTERPRETER_MODULES:
         for name in list(sys.modules):
             if name == "logging" or name.startswith("logging."):
@@ -4048,7 +4093,7 @@ def _start_run(run, gpus=None):
     out = None
     if kind != "script":  # batch and queue output: what they show
         out = open(run.guild_path(OUTPUT_FILE), "ab")
-        _Output.files.append(out)
+        _STATE.output_files.append(out)
     try:
         if kind == "script":
             exit_status = _run_script(run, attrs, gpus, record)
@@ -4066,7 +4111,7 @@ def _start_run(run, gpus=None):
         exit_status = -signal.SIGINT
     finally:
         if out is not None:
-            _Output.files.remove(out)
+            _STATE.output_files.remove(out)
             out.close()
         status = _exit_status_name(exit_status, stop is not None)
         recorded = _read_json(run.guild_path(EXIT_ATTRS))
@@ -4117,7 +4162,7 @@ def _run_script(run, attrs, gpus, record):
     env = dict(os.environ, RUN_DIR=run.dir, RUN_ID=run.id,
                GUILD_HOME=_guild_home(), PYTHONUNBUFFERED="1")
     env[WATCHER_ENV] = str(os.getpid())  # the script dies with its watcher
-    if _Notice.handled:  # the script may checkpoint when it gets this
+    if _STATE.notice_handled:  # the script may checkpoint when it gets this
         env["GUILD_PREEMPT_SIGNAL"] = "USR1"
     if gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpus)
@@ -4167,13 +4212,13 @@ def _supervise(proc, output_path, offset, on_output, deadline=None):
                               and not IS_WINDOWS else signum)
 
     delay = 0.005
-    _Notice.script_pid = proc.pid
+    _STATE.notice_script_pid = proc.pid
     with _handle_stop_signals(forward), open(output_path, "rb") as f:
         f.seek(offset)
         while True:
             done = exited.wait(delay)
             _beat()  # at most every beat interval; else a clock read
-            if _Notice.at is not None and not done:
+            if _STATE.notice_at is not None and not done:
                 _Notice.deliver()  # again, if the script had no group yet
                 if _Notice.grace_over() and not stops:
                     forward(signal.SIGTERM, None)
@@ -4191,10 +4236,10 @@ def _supervise(proc, output_path, offset, on_output, deadline=None):
                 if done:
                     break
     waiter.join()
-    _Notice.script_pid = None
+    _STATE.notice_script_pid = None
     if stops:
-        raise _StopRequested(signal.SIGUSR1 if _Notice.at else stops[0])
-    if _Notice.at is not None and proc.returncode != 0:
+        raise _StopRequested(signal.SIGUSR1 if _STATE.notice_at else stops[0])
+    if _STATE.notice_at is not None and proc.returncode != 0:
         raise _StopRequested(signal.SIGUSR1)  # 0: it finished after all
     return proc.returncode
 
@@ -4205,40 +4250,36 @@ class _Notice:
     The script being watched gets USR1 too (it may save a checkpoint),
     and SIGTERM once `grace` seconds have passed; a queue then claims
     nothing more and stages the interrupted run again, unless its script
-    exited 0 (it finished: the notice came too late to matter)."""
-
-    handled = False  # a handler is installed (the command line's)
-    at = None  # time.monotonic() of the notice, or None
-    grace = PREEMPT_GRACE_SECONDS
-    script_pid = None  # the process group of the script being watched
-    delivered = None  # the script_pid that got the notice
+    exited 0 (it finished: the notice came too late to matter). Its
+    state is _STATE.notice_*."""
 
     @classmethod
     def install(cls):
         if hasattr(signal, "SIGUSR1"):
             signal.signal(signal.SIGUSR1, cls.receive)
-            cls.handled = True
+            _STATE.notice_handled = True
 
     @classmethod
     def receive(cls, signum, _frame):
-        if cls.at is None:
-            cls.at = time.monotonic()
+        if _STATE.notice_at is None:
+            _STATE.notice_at = time.monotonic()
         cls.deliver()
 
     @classmethod
     def deliver(cls):
         """Pass the notice on to the script's process group, once."""
-        pid = cls.script_pid
-        if pid and cls.delivered != pid:
+        pid = _STATE.notice_script_pid
+        if pid and _STATE.notice_delivered != pid:
             try:
                 os.killpg(pid, signal.SIGUSR1)
-                cls.delivered = pid
+                _STATE.notice_delivered = pid
             except OSError:  # a forked script not yet in its own group
                 pass
 
     @classmethod
     def grace_over(cls):
-        return cls.at is not None and time.monotonic() - cls.at > cls.grace
+        at = _STATE.notice_at
+        return at is not None and time.monotonic() - at > _STATE.notice_grace
 
 
 class _handle_stop_signals:
@@ -5106,14 +5147,14 @@ def _run_queue(queue_run, attrs):
     if attrs.get("slurm"):
         record, only = _read_submission(attrs["slurm"])
         max_requeues = record.get("max_requeues", max_requeues)
-        _Notice.grace = record.get("grace", _Notice.grace)
+        _STATE.notice_grace = record.get("grace", _STATE.notice_grace)
         if task and task["restart"]:
             _restage_left_behind(only, task, max_requeues)
     queue_log.info("Processing staged runs")
     waiting = None
     last_verified = None
     started, done = time.monotonic(), 0
-    while _Notice.at is None:
+    while _STATE.notice_at is None:
         if not ignore_running and _other_runs_running():
             if waiting != "running":
                 queue_log.info("Waiting for running runs")
@@ -5124,7 +5165,7 @@ def _run_queue(queue_run, attrs):
         verify = last_verified is None or (
             time.monotonic() - last_verified > INDEX_VERIFY_SECONDS)
         run = _claim_next_staged(gpus, verify, only)
-        if run is not None and _Notice.at is not None:
+        if run is not None and _STATE.notice_at is not None:
             _release_claim(run)  # a queue that dies restages it too
             break
         if run is None:
@@ -5772,26 +5813,6 @@ def _table_cell(col, val):
     if isinstance(val, (bool, int, float, list, dict)) or val is None:
         return encode_flag_val(val)
     return str(val)
-
-
-def _showing_progress():
-    """True if progress lines are shown: on a terminal, unless quiet."""
-    return getattr(sys.stderr, "isatty", lambda: False)() and \
-        not _Output.quiet
-
-
-def _progress(text, started):
-    """Show a progress line on a terminal (stderr); nothing otherwise."""
-    stream = sys.stderr
-    if not _showing_progress():
-        return
-    elapsed = int(time.monotonic() - started)
-    line = "[guild] %s, %d:%02d:%02d elapsed" % (
-        text, elapsed // 3600, elapsed // 60 % 60, elapsed % 60)
-    if not os.environ.get("NO_COLOR"):
-        line = "\x1b[2m%s\x1b[0m" % line  # dim
-    stream.write(line + "\n")
-    stream.flush()
 
 
 # ---------------------------------------------------------------------------
@@ -6882,11 +6903,11 @@ def run_op(op, flags=None, cwd=None, quiet=False, stage=False, **opts):
     """
     run = create_run(op, flags, cwd, stage=stage, **opts)
     if not stage:
-        saved, _Output.quiet = _Output.quiet, quiet
+        saved, _STATE.quiet = _STATE.quiet, quiet
         try:
             _start_run(run)
         finally:
-            _Output.quiet = saved
+            _STATE.quiet = saved
     return run
 
 
@@ -9260,7 +9281,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     # Called as a library, main leaves the process as it found it.
     saved_home = os.environ.get("GUILD_HOME")
-    saved_quiet, saved_notice = _Output.quiet, _Notice.handled
+    saved_quiet, saved_notice = _STATE.quiet, _STATE.notice_handled
     saved_handlers = []
     _log_to_terminal(True)
     stdout_errors = _set_stdout_errors("backslashreplace")
@@ -9278,7 +9299,7 @@ def main(argv=None):
         if not getattr(args, "func", None):
             _parser(argv).print_help()
             return 0
-        _Output.quiet = bool(getattr(args, "quiet", False))
+        _STATE.quiet = bool(getattr(args, "quiet", False))
         _host_lease()  # a bad GUILD_HOST_LEASE fails here, before any work
         saved_handlers = _install_stop_handlers()
         return args.func(args)
@@ -9299,7 +9320,7 @@ def main(argv=None):
         _set_stdout_errors(stdout_errors)
         for signum, handler in saved_handlers:
             signal.signal(signum, handler)
-        _Output.quiet, _Notice.handled = saved_quiet, saved_notice
+        _STATE.quiet, _STATE.notice_handled = saved_quiet, saved_notice
         if saved_home is None:
             os.environ.pop("GUILD_HOME", None)
         else:
@@ -9331,15 +9352,6 @@ lock = _namespace(
 run = _namespace(
     "run", "Runs (Guild AI's guild.run).",
     Run=Run, mkid=mkid, run_status=run_status)
-_THIS_MODULE = sys.modules[__name__]
-
-
-def _register_module(name):
-    """Make `import NAME` and `import NAME.batch_util` (and the other
-    namespaces) give this module: run as a program, it is __main__."""
-    sys.modules[name] = _THIS_MODULE
-    for ns in (batch_util, op_util, lock, run):
-        sys.modules[name + "." + ns.__name__.rpartition(".")[2]] = ns
 
 
 # ---------------------------------------------------------------------------
