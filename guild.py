@@ -2344,7 +2344,8 @@ def _run_info_items(run, info=None):
     items = []
     for key, val in info.items():
         if key in _INFO_PARTS or (key in ("reason", "batch", "slurm",
-                                          "attempts", "damaged") and not val):
+                                          "attempts", "damaged", "command")
+                                  and not val):
             continue
         if key == "damaged":
             items += [("damaged", x) for x in val]
@@ -2358,6 +2359,9 @@ def _run_info_items(run, info=None):
             continue
         if isinstance(val, bool):
             text = "yes" if val else "no"
+        elif key == "command":  # as a shell would take it back
+            import shlex
+            text = " ".join(shlex.quote(word) for word in val)
         elif isinstance(val, list):
             text = " ".join(val)
         else:

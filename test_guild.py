@@ -1792,6 +1792,15 @@ class RunTest(GuildTestCase):
                      "host: %s" % guild.HOST,
                      "  lr: 0.5", "run_dir: %s" % run.dir]:
             self.assertIn(line + "\n", out)
+        # the command as a shell takes it back; a batch has none
+        write(path(self.project, "say.py"), "import argparse\n"
+              "p = argparse.ArgumentParser()\n"
+              "p.add_argument('--msg', default='hi')\n"
+              "print(p.parse_args().msg)\n")
+        self.guild("run", "say.py", "msg=[hello world,x]", "-y")
+        self.assertIn(" say.py '--msg=hello world'\n",
+                      self.guild("runs", "info", "2")[1])
+        self.assertNotIn("command:", self.guild("runs", "info", "3")[1])
 
     @any_start_mode
     def test_help_and_version(self):
