@@ -266,6 +266,7 @@ PENDING_CLAIM = "PENDING"  # who is about to start it (pid + start time)
 PROC_ATTRS = "proc.json"  # the process running it, and when it started
 EXIT_ATTRS = "exit.json"  # how it ended
 OUTPUT_FILE = "output"  # what it printed, stdout and stderr as one stream
+STDERR_SPANS = "output.stderr"  # which bytes of output are its stderr
 SCALARS_FILE = "scalars"  # `key: number` lines it printed, one JSON a line
 EVENTS_INDEX = "tfevents.json"  # how far its event files were read (cache)
 ATTEMPTS_DIR = "attempts"  # <n>.json: each interrupted attempt, re-staged
@@ -2434,27 +2435,42 @@ def parse_scalar_line(line):
     return None if key is None else (key, val)
 
 
+class _OutputLines:
+    """One stream of output split into lines as its bytes arrive. A line
+    longer than MAX_SCALAR_LINE is dropped: it cannot be a scalar."""
+
+    def __init__(self):
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self.partial = ""  # the line not ended yet
+        self._overlong = False
+
+    def feed(self, data):
+        """The lines data ends."""
+        lines = (self.partial + self._decoder.decode(data)).split("\n")
+        self.partial = lines.pop()
+        if self._overlong:  # the rest of a line too long to be a scalar
+            self._overlong = bool(not lines)
+            lines = lines[1:]
+        if len(self.partial) > MAX_SCALAR_LINE:
+            self.partial, self._overlong = "", True
+        return lines
+
+
 class _ScalarRecorder:
-    """Parses a run's output as it arrives; appends scalars to a file,
-    made when the first scalar comes."""
+    """Parses a run's output as it arrives, stdout and stderr each in
+    lines of its own (a progress bar drawn on stderr does not end up in
+    the middle of a line printed to stdout); appends scalars to a file,
+    made when the first scalar comes. `step: N` on either stream sets the
+    step of the scalars after it."""
 
     def __init__(self, path):
         self._path = path
         self._file = None
-        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        self._partial = ""
-        self._overlong = False
+        self._streams = {"stdout": _OutputLines(), "stderr": _OutputLines()}
         self.step = 0
 
-    def feed(self, data):
-        lines = (self._partial + self._decoder.decode(data)).split("\n")
-        self._partial = lines.pop()
-        if self._overlong:  # the rest of a line too long to be a scalar
-            self._overlong = bool(not lines)
-            lines = lines[1:]
-        if len(self._partial) > MAX_SCALAR_LINE:
-            self._partial, self._overlong = "", True
-        for line in lines:
+    def feed(self, data, stream="stdout"):
+        for line in self._streams[stream].feed(data):
             self._line(line)
 
     def _line(self, line):
@@ -2479,10 +2495,101 @@ class _ScalarRecorder:
         self._file.flush()
 
     def close(self):
-        if self._partial:
-            self._line(self._partial)
+        for lines in self._streams.values():
+            if lines.partial:
+                self._line(lines.partial)
         if self._file is not None:
             self._file.close()
+
+
+class _StderrSpans:
+    """Tells a script's stderr from its stdout in its output file, which
+    the script's process writes both to, so that they stay in the order
+    written. That process writes its stderr through _TaggedStderr
+    (section 11), which notes in the file STDERR_SPANS `PID b` before each
+    write and `PID e START END` after it: the write landed at bytes
+    START..END. Bytes no span covers are stdout, or written to either
+    stream by another process (a subprocess) or by C code.
+
+    feed() takes the output's bytes in order, from byte offset on, each
+    piece read from the file before feed() is called. A write whose `b`
+    is not among the notes read by one feed() lands after the bytes fed
+    so far, so the bytes before that are known once its `e` or the end
+    of an earlier write is read. Each byte goes on to
+    on_bytes(data, stream) once its stream is known; close() passes on
+    the rest.
+    """
+
+    def __init__(self, run_dir, offset, on_bytes):
+        self._path = os.path.join(run_dir, ".guild", STDERR_SPANS)
+        try:  # notes from earlier processes (a restart) are past
+            self._read_to = os.path.getsize(self._path)
+        except OSError:
+            self._read_to = 0
+        self._notes = b""  # a note not yet ended
+        self._pos = offset  # where self._held starts in the output
+        self._held = bytearray()
+        self._spans = []  # (start, end), sorted
+        self._writing = {}  # pid: (the byte its write lands at or after,
+        #                          when that write was first seen)
+        self._on_bytes = on_bytes
+
+    def feed(self, data):
+        fed = self._pos + len(self._held)
+        self._held += data
+        self._read_notes(fed)
+        if self._writing:
+            self._forget_dead_writers()
+        self._pass_on(min([self._pos + len(self._held)] + [
+            lands_after for lands_after, _ in self._writing.values()]))
+
+    def close(self):
+        self._read_notes(0)
+        self._pass_on(self._pos + len(self._held))
+
+    def _read_notes(self, fed):
+        try:
+            with open(self._path, "rb") as f:
+                f.seek(self._read_to)
+                data = f.read()
+        except OSError:
+            return
+        self._read_to += len(data)
+        *notes, self._notes = (self._notes + data).split(b"\n")
+        for note in notes:
+            pid, _, span = note.partition(b" e ")
+            if span:
+                self._writing.pop(pid, None)
+                try:
+                    start, end = map(int, span.split())
+                except ValueError:
+                    continue  # not a note
+                self._spans.append((start, end))
+            elif note.endswith(b" b"):
+                self._writing[note[:-2]] = (fed, time.monotonic())
+        self._spans.sort()
+
+    def _forget_dead_writers(self):
+        """A process killed in a write never notes its end: after a second,
+        a writer no longer running is forgotten."""
+        now = time.monotonic()
+        for pid, (_, since) in list(self._writing.items()):
+            if now - since > 1 and _proc_token(int(pid)) is None:
+                del self._writing[pid]
+
+    def _pass_on(self, end):
+        while self._pos < end:
+            while self._spans and self._spans[0][1] <= self._pos:
+                del self._spans[0]
+            if self._spans and self._spans[0][0] <= self._pos:
+                stream, upto = "stderr", self._spans[0][1]
+            else:
+                stream = "stdout"
+                upto = self._spans[0][0] if self._spans else end
+            size = min(upto, end) - self._pos
+            self._on_bytes(bytes(self._held[:size]), stream)
+            del self._held[:size]
+            self._pos += size
 
 
 def _event_files(run_dir):
@@ -3579,6 +3686,8 @@ def _script_process_main(words):
     watcher = os.environ.pop(WATCHER_ENV, None)
     if watcher:
         _die_with(int(watcher))
+    if what == "run":  # in the run's directory, writing its output
+        _tag_stderr(os.path.abspath(".guild"))
     _set_script_path(os.path.dirname(os.path.abspath(script)))
     sys.argv = [script] + args
     status = _exec_as_main(code, script)
@@ -3614,6 +3723,75 @@ else:  # pragma: no cover - only the signals a watcher handles reach it
 
     def _die_with(_watcher_pid):
         pass
+
+
+class _TaggedStderr(io.RawIOBase):
+    """The script's stderr: what it writes goes to the run's output file
+    as fd 2 would put it there, and is noted in STDERR_SPANS as
+    _StderrSpans (section 8) reads it. The output file is written through
+    a file description of this object's own, so the offset a write
+    leaves is where that write ended, whatever other writers do."""
+
+    def __init__(self, guild_dir):
+        super().__init__()
+        self._guild_dir = guild_dir
+        self._pid = None
+        self._open()
+
+    def _open(self):
+        """Open the files for this process (again in a forked child: the
+        parent's offsets are not the child's to read)."""
+        flags = os.O_WRONLY | os.O_APPEND | getattr(os, "O_BINARY", 0)
+        out = os.open(os.path.join(self._guild_dir, OUTPUT_FILE), flags)
+        try:
+            notes = os.open(os.path.join(self._guild_dir, STDERR_SPANS),
+                            flags | os.O_CREAT, 0o666)
+        except OSError:
+            os.close(out)
+            raise
+        if self._pid is not None:  # the parent's copies
+            os.close(self._out)
+            os.close(self._notes)
+        self._out, self._notes = out, notes
+        self._pid = os.getpid()
+        self._begin_note = b"%d b\n" % self._pid
+        self._lock = threading.Lock()
+
+    def write(self, data):
+        if os.getpid() != self._pid:
+            try:
+                self._open()
+            except OSError:  # the run's files are gone: write untagged
+                return os.write(2, data)
+        with self._lock:
+            os.write(self._notes, self._begin_note)
+            size = os.write(self._out, data)
+            end = os.lseek(self._out, 0, os.SEEK_CUR)
+            os.write(self._notes, b"%d e %d %d\n" % (
+                self._pid, end - size, end))
+        return size
+
+    def writable(self):
+        return True
+
+    def fileno(self):
+        return 2
+
+    def isatty(self):
+        return False
+
+
+def _tag_stderr(guild_dir):
+    """Make sys.stderr a _TaggedStderr for the run whose .guild directory
+    is guild_dir; where its files cannot be opened, stderr stays as is."""
+    try:
+        raw = _TaggedStderr(guild_dir)
+    except OSError:
+        return
+    sys.stderr.flush()
+    sys.stderr = sys.__stderr__ = io.TextIOWrapper(
+        raw, encoding=getattr(sys.stderr, "encoding", None) or "utf-8",
+        errors="backslashreplace", write_through=True)
 
 
 def _compile_script(source, script, replace=None):
@@ -4172,9 +4350,11 @@ def _run_script(run, attrs, gpus, record):
         env["CUDA_VISIBLE_DEVICES"] = str(gpus)
     words, command = _script_words(attrs)
     output_path = run.guild_path(OUTPUT_FILE)
+    recorder = _ScalarRecorder(run.guild_path(SCALARS_FILE))
     # The script writes its output file itself; this process shows it.
     with open(output_path, "ab") as out:
         offset = out.tell()
+        streams = _StderrSpans(run.dir, offset, recorder.feed)
         proc = _start_script_process(words, run.dir, env, out.fileno(),
                                      _fork_possible())
     record.update(child=_process_owner(proc.pid), command=command)
@@ -4184,12 +4364,12 @@ def _run_script(run, attrs, gpus, record):
         _signal_process_group(proc.pid, signal.SIGKILL)
         proc.wait()
         raise
-    recorder = _ScalarRecorder(run.guild_path(SCALARS_FILE))
     stop_after = attrs.get("stop_after")
     try:
-        return _supervise(proc, output_path, offset, recorder.feed,
+        return _supervise(proc, output_path, offset, streams.feed,
                           stop_after and time.monotonic() + stop_after * 60)
     finally:
+        streams.close()
         recorder.close()
 
 
