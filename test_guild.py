@@ -3582,6 +3582,36 @@ class ScalarTest(GuildTestCase):
             self.assertEqual([json.loads(line)[:2] for line in f],
                              [["loss", 1.0], ["acc", 2.0]])
 
+    @any_start_mode
+    def test_stderr_spans_wait_for_a_write_under_way(self):
+        os.makedirs(path(self.project, ".guild"))
+        notes = path(self.project, ".guild", "output.stderr")
+        write(notes, "1 b\n")  # an earlier process's: past
+        got = []
+        spans = guild._StderrSpans(self.project, 10, lambda data, stream:
+                                   got.append((stream, data)))
+
+        def step(notes_text, data):
+            with open(notes, "a") as f:
+                f.write(notes_text)
+            spans.feed(data)
+            return [(stream, data.decode()) for stream, data in got]
+        # Writer 7 begins, its bytes are not yet read: "out" may be
+        # followed by them, or be them.
+        self.assertEqual(step("7 b\n", b"out"), [])
+        # Its bytes are 13..16; writer 8 begins after 13.
+        self.assertEqual(step("7 e 13 16\n8 b\n", b"ERRout"),
+                         [("stdout", "out")])
+        self.assertEqual(step("8 e 19 2", b"ERR"), [("stdout", "out")])
+        self.assertEqual(step("2\n", b"after"), [
+            ("stdout", "out"), ("stderr", "ERR"), ("stdout", "out"),
+            ("stderr", "ERR"), ("stdout", "after")])
+        # A writer killed in a write: its bytes are passed on at close.
+        step("8 b\n", b"last")
+        self.assertEqual(len(got), 5)
+        spans.close()
+        self.assertEqual(got[5:], [("stdout", b"last")])
+
     def test_stats(self):
         stats = guild.scalar_stats([("a", 2.0, 0, 0), ("a", 1.0, 1, 0),
                                     ("a", 3.0, 2, 0), ("b", 5.0, 0, 0)])
@@ -3610,15 +3640,92 @@ class ScalarTest(GuildTestCase):
             "  x: 0.0001 (step 7)"])
 
     def test_crash_keeps_scalars_already_printed(self):
+        # Under a progress bar on stderr too.
         write(path(self.project, "crash.py"),
+              "import sys\nsys.stderr.write('\\r 10%|#  ')\n"
               "print('step: 3')\nprint('loss: 0.5', flush=True)\n"
+              "sys.stderr.write('\\r    \\rval: 0.25\\n\\r 20%|## ')\n"
               "raise SystemExit('diverged')\n")
         code, out = self.guild("run", "crash.py", "-y")
         self.assertNotEqual(code, 0, out)
         run = self.runs()[0]
         self.assertEqual(run.status, "error")
         self.assertEqual([r[:3] for r in run.scalar_history()],
-                         [("loss", 0.5, 3)])
+                         [("loss", 0.5, 3), ("val", 0.25, 3)])
+
+    # A progress bar as tqdm draws it on stderr: a carriage return and the
+    # bar, no newline; tqdm.write clears it first, then redraws it.
+    BAR_SCRIPT = (
+        "import os, sys\n"
+        "def bar(i):\n"
+        "    sys.stderr.write('\\r%3d%%|%-4s| %d/4' % (25 * i, '#' * i, i))\n"
+        "    sys.stderr.flush()\n"
+        "def clear():\n"
+        "    sys.stderr.write('\\r' + ' ' * 14 + '\\r')\n"
+        "bar(0)\n"
+        "for i in range(4):\n"
+        "    print('step: %d' % i, flush=i % 2 == 0)\n"
+        "    sys.stdout.write('loss: %s\\n' % (1 / (i + 1)))\n"
+        "    bar(i + 1)\n"
+        "clear(); sys.stderr.write('val: 0.5\\n'); bar(4)\n"
+        "clear(); print('acc: 0.75'); bar(4)\n"
+        "os.write(1, b'sub: 3\\n')  # as a subprocess writes\n"
+        "if hasattr(os, 'fork'):  # a forked child's stderr is tagged too\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        clear(); sys.stderr.write('child: 2\\n'); bar(4)\n"
+        "        os._exit(0)\n"
+        "    os.waitpid(pid, 0)\n"
+        "sys.stderr.write('\\n')\n")
+
+    @staticmethod
+    def bar_output():
+        """What BAR_SCRIPT writes, both streams, in order."""
+        def bar(i):
+            return "\r%3d%%|%-4s| %d/4" % (25 * i, "#" * i, i)
+        clear = "\r" + " " * 14 + "\r"
+        out = bar(0)
+        for i in range(4):
+            out += "step: %d\nloss: %s\n" % (i, 1 / (i + 1)) + bar(i + 1)
+        out += clear + "val: 0.5\n" + bar(4) + clear + "acc: 0.75\n"
+        out += bar(4) + "sub: 3\n"
+        if hasattr(os, "fork"):
+            out += clear + "child: 2\n" + bar(4)
+        return out + "\n"
+
+    def test_a_progress_bar_on_stderr_eats_no_scalars(self):
+        write(path(self.project, "bar.py"), self.BAR_SCRIPT)
+        code, out = self.guild("run", "bar.py", "-y")
+        self.assertEqual((code, out), (0, self.bar_output()))
+        run = self.runs()[0]
+        with open(run.guild_path("output"), newline="") as f:
+            self.assertEqual(f.read(), self.bar_output())
+        expected = [("loss", 1 / (i + 1), i) for i in range(4)] + [
+            ("val", 0.5, 3), ("acc", 0.75, 3), ("sub", 3.0, 3)]
+        if hasattr(os, "fork"):
+            expected.append(("child", 2.0, 3))
+        self.assertEqual([r[:3] for r in run.scalar_history()], expected)
+
+    def test_a_real_tqdm_bar_and_tqdm_write(self):
+        try:
+            import tqdm
+        except ImportError:
+            tqdm = None
+        require("tqdm", tqdm, "pip install tqdm")
+        write(path(self.project, "tq.py"),
+              "import sys\nfrom tqdm import tqdm\n"
+              "for i in tqdm(range(3), mininterval=0):\n"
+              "    print('step: %d' % i)\n"
+              "    print('loss: %d' % (10 - i))\n"
+              "    tqdm.write('acc: %d' % i)\n"
+              "    tqdm.write('val: %d' % i, file=sys.stderr)\n")
+        code, out = self.guild("run", "tq.py", "-y")
+        self.assertEqual(code, 0, out)
+        self.assertIn("3/3", out)
+        self.assertEqual(
+            [r[:3] for r in self.runs()[0].scalar_history()],
+            [(key, float(val), i) for i in range(3) for key, val in (
+                ("loss", 10 - i), ("acc", i), ("val", i))])
 
     def write_events_script(self, name, files, extra=""):
         """A script that writes files ({path: bytes}) in its run dir."""
@@ -3751,8 +3858,11 @@ class ScalarTest(GuildTestCase):
 
     @unittest.skipIf(IS_WINDOWS, "POSIX signals")
     def test_ctrl_c_keeps_scalars_already_printed(self):
+        # Under a progress bar on stderr too.
         write(path(self.project, "slow.py"),
-              "import time\nprint('loss: 0.5')\nprint('step: 1')\n"
+              "import sys, time\nprint('loss: 0.5')\n"
+              "sys.stderr.write('\\r 10%|#  ')\nprint('step: 1')\n"
+              "sys.stderr.write('\\r    \\rval: 0.125\\n\\r 20%|## ')\n"
               "print('loss: 0.25', flush=True)\ntime.sleep(60)\n")
         p = self.start_guild("run", "slow.py", "-y", until=b"0.25")
         p.send_signal(signal.SIGINT)
@@ -3760,8 +3870,9 @@ class ScalarTest(GuildTestCase):
         run = self.runs()[0]
         self.assertEqual(run.status, "terminated")
         self.assertEqual([r[:3] for r in run.scalar_history()],
-                         [("loss", 0.5, 0), ("loss", 0.25, 1)])
-        self.assertEqual(run.scalars(), {"loss": 0.25})
+                         [("loss", 0.5, 0), ("val", 0.125, 1),
+                          ("loss", 0.25, 1)])
+        self.assertEqual(run.scalars(), {"loss": 0.25, "val": 0.125})
 
 
 @unittest.skipIf(IS_WINDOWS, "needs a pseudo-terminal")
