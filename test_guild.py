@@ -701,7 +701,8 @@ class FlagStylesTest(GuildTestCase):
         self.assertEqual(out, "['--fast', '1', '--lr', '0.5', '--msg', "
                               "'a b', '--off', '']\n")
         code, out = self.guild("runs", "info")
-        self.assertIn("argv.py --fast 1 --lr 0.5 --msg a b --off \n", out)
+        self.assertIn("argv.py --fast 1 --lr 0.5 --msg 'a b' --off ''\n",
+                      out)
 
     def test_forced_flags_reach_a_parser_in_an_imported_module(self):
         write(path(self.project, "config.py"),
