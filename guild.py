@@ -236,8 +236,16 @@ PROG = "guild"
 RUN_ID_LEN = 32
 SHORT_ID_LEN = 8
 DEFAULT_LIST_LIMIT = 20
+# The source snapshot's defaults (Guild AI's); a project's guild.ini
+# [sourcecode] section, or Guild AI's variables for one command, change them.
 MAX_SOURCE_FILES = 100
 MAX_SOURCE_FILE_SIZE = 1024 * 1024
+SOURCE_CONFIG = "guild.ini"
+SOURCE_LIMIT_ENV = {"max-count": "MAX_DEFAULT_SOURCECODE_COUNT",
+                    "max-size": "MAX_DEFAULT_SOURCECODE_FILE_SIZE"}
+MAX_LEFT_OUT_RECORDED = 1000  # files left out named in run.json
+# Why the snapshot left a file out, in the order they are told.
+SOURCE_LEFT_OUT_REASONS = ("size", "binary", "count")
 FLAGS_PROBE_TIMEOUT = 60
 DEFAULT_MAX_TRIALS = 20
 OPTIMIZERS = ("+", "random", "tpe")
@@ -286,6 +294,14 @@ _FLAG_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 _INT_RE = re.compile(r"^[-+]?\d+$")
 _FLOAT_RE = re.compile(r"^[-+]?(\d+\.\d*|\.\d+|\d+)([eE][-+]?\d+)?$")
 _SOURCE_SKIP_DIRS = {"__pycache__", "node_modules", "venv", "env"}
+# Import statements, found without parsing (the ast module costs a plain
+# run more than the scan): `import a.b as c, d`, `from .a import (b, c)`,
+# and import_module("a.b") / __import__("a") with a literal name.
+_IMPORT_RE = re.compile(
+    r"(?:^|;)[ \t]*(?:from[ \t]+(\.*[\w.]*)[ \t]+import[ \t]+"
+    r"(\([^)]*\)|[^\n#;]*)|import[ \t]+([^\n#;]*))"
+    r"""|\b(?:import_module|__import__)\(\s*["']([\w.]+)["']""", re.M)
+_SIZE_RE = re.compile(r"^(\d+)\s*(?:([kmg])(?:i?b)?|b)?$", re.I)
 
 
 class _ProcessState:
@@ -380,6 +396,13 @@ def _echo(text=""):
     """Print a line for the user, recording it in open run outputs."""
     _tee((text + "\n").encode("utf-8"), show=False)
     print(text, flush=True)
+
+
+def _warn(text):
+    """Warn the user on stderr, `guild: warning: TEXT` (not log.warning:
+    importing logging costs a plain run more than the warning)."""
+    sys.stderr.write("%s: warning: %s\n" % (PROG, text))
+    sys.stderr.flush()
 
 
 def _showing_progress():
@@ -2320,6 +2343,7 @@ def _run_info(run):
         "slurm": _slurm_task_name(proc["slurm"]) if proc.get("slurm")
         else None,
         "batch": attrs.get("batch"),
+        "sourcecode_left_out": _left_out_info(attrs),
         "attempts": [{"status": a.get("status"), "reason": a.get("reason"),
                       "started": _format_time((a.get("proc") or {})
                                               .get("started")) or None,
@@ -2337,6 +2361,50 @@ def _run_info(run):
 _INFO_PARTS = ("flags", "scalars", "comments")  # shown below the items
 
 
+def _left_out_info(attrs):
+    """runs info's record of the files a run's snapshot left out (see
+    _source_snapshot): {count, reasons, max_count, max_size, files:
+    [{path, reason}]}, or None (none left out, or a damaged record)."""
+    rec = _field(attrs, "sourcecode_left_out", dict)
+    files = _field(rec, "files", list, [])
+    if not rec or any(_field(rec, key, int) is None for key in (
+            "count", "max_count", "max_size")) or not all(
+            isinstance(f, list) and len(f) == 2 and isinstance(f[0], str)
+            and f[1] in SOURCE_LEFT_OUT_REASONS for f in files):
+        return None
+    return {"count": rec["count"],
+            "reasons": {r: n for r, n in _field(rec, "reasons", dict).items()
+                        if r in SOURCE_LEFT_OUT_REASONS
+                        and isinstance(n, int)},
+            "max_count": rec["max_count"], "max_size": rec["max_size"],
+            "files": [{"path": rel, "reason": reason}
+                      for rel, reason in files]}
+
+
+def _format_size(size):
+    """A size in bytes as a user would write it: 1 MiB, 1536 bytes."""
+    for unit in ("G", "M", "K"):
+        scale = 1024 ** " KMG".index(unit)
+        if size >= scale and size % scale == 0:
+            return "%d %siB" % (size // scale, unit)
+    return "%d bytes" % size
+
+
+def _left_out_text(left_out, names=3):
+    """What a run's snapshot left out (_left_out_info), in a line: how
+    many, why, and the first names."""
+    why = {"size": "over %s" % _format_size(left_out["max_size"]),
+           "binary": "not text",
+           "count": "past the %d-file limit" % left_out["max_count"]}
+    shown = left_out["files"][:names]
+    return "%d file%s (%s): %s%s" % (
+        left_out["count"], "" if left_out["count"] == 1 else "s",
+        ", ".join("%d %s" % (n, why[r])
+                  for r, n in left_out["reasons"].items()),
+        " ".join(f["path"] for f in shown),
+        " ..." if left_out["count"] > len(shown) else "")
+
+
 def _run_info_items(run, info=None):
     """A run's attributes as (name, text) pairs, as `runs info` shows
     them: id, operation, status, why (if unrecorded), times, label ...
@@ -2344,9 +2412,12 @@ def _run_info_items(run, info=None):
     info = info or _run_info(run)
     items = []
     for key, val in info.items():
-        if key in _INFO_PARTS or (key in ("reason", "batch", "slurm",
-                                          "attempts", "damaged", "command")
-                                  and not val):
+        if key in _INFO_PARTS or (key in (
+                "reason", "batch", "slurm", "sourcecode_left_out",
+                "attempts", "damaged", "command") and not val):
+            continue
+        if key == "sourcecode_left_out":
+            items.append((key, _left_out_text(val, names=20)))
             continue
         if key == "damaged":
             items += [("damaged", x) for x in val]
@@ -3559,46 +3630,236 @@ def _json_items(path):
     return list(enumerate(data, 1))
 
 
-def _source_files(project, skip_dirs=()):
-    """Relative paths of the project's source files, up to the limit;
-    not this file (guild.py copied into a project is the tool, not its
-    source)."""
+# The source snapshot: the script being run and the project modules it
+# imports are always copied; then, up to the count limit, the project's
+# files that match an include pattern, then its other text files, each in
+# walk order, none matching an exclude pattern or over the size limit.
+# Files left out are named in the run's metadata and a warning.
+
+def _source_settings(project):
+    """The snapshot's settings for project: include and exclude patterns,
+    max-count and max-size; from guild.ini's [sourcecode] section, the
+    limits overridden by Guild AI's variables for one command."""
+    settings = {"include": [], "exclude": [], "max-count": MAX_SOURCE_FILES,
+                "max-size": MAX_SOURCE_FILE_SIZE}
+    config_path = os.path.join(project, SOURCE_CONFIG)
+    if os.path.isfile(config_path):
+        import configparser  # only for a project that has the file
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            parser.read(config_path, encoding="utf-8")
+        except (configparser.Error, UnicodeDecodeError) as e:
+            raise OpError("cannot read %s: %s" % (
+                config_path, str(e).splitlines()[0]))
+        section = parser["sourcecode"] if parser.has_section(
+            "sourcecode") else {}
+        for key, text in section.items():
+            if key not in settings:
+                raise OpError("%s: unknown setting '%s' in [sourcecode] "
+                              "(settings: %s)" % (config_path, key,
+                                                  ", ".join(settings)))
+            settings[key] = text.split() if key in ("include", "exclude") \
+                else _source_limit(text, "%s: %s" % (config_path, key))
+    for key, var in SOURCE_LIMIT_ENV.items():
+        if os.environ.get(var):
+            settings[key] = _source_limit(os.environ[var], var)
+    return settings
+
+
+def _source_limit(text, where):
+    """A count or a size: digits, a size with K, M or G (1024-based)."""
+    m = _SIZE_RE.match(text.strip())
+    if not m:
+        raise OpError("%s must be a whole number (a size may end in K, M "
+                      "or G), not '%s'" % (where, text))
+    return int(m.group(1)) * 1024 ** " kmg".index(
+        (m.group(2) or " ").lower())
+
+
+def _source_pattern_hit(rel, patterns, is_dir=False):
+    """True if a pattern matches rel (a path under the project, / as its
+    separator) or one of its directories. A pattern holding / matches a
+    path from the project's top, any other a name at any depth; `*` also
+    matches /; a pattern ending in / matches directories only."""
+    from fnmatch import fnmatchcase
+    parts = rel.split("/")
+    for i, name in enumerate(parts):
+        dir_part = is_dir or i < len(parts) - 1
+        for pattern in patterns:
+            if pattern.endswith("/") and not dir_part:
+                continue
+            pattern = pattern.strip("/")
+            if fnmatchcase("/".join(parts[:i + 1]), pattern) \
+                    if "/" in pattern else fnmatchcase(name, pattern):
+                return True
+    return False
+
+
+def _script_modules(project, script):
+    """The script (relative to project) and the modules it imports from
+    the project, transitively, as paths relative to project: each found
+    by scanning import statements, resolved as Python would from the
+    script's directory (relative imports from the module's package)."""
+    project = os.path.abspath(project)
+    script_path = os.path.join(project, script)
+    top = os.path.dirname(script_path)
+    found, todo = [script_path], [script_path]
+    while todo:
+        path = todo.pop(0)
+        if not path.endswith(".py"):
+            continue
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                source = f.read().replace("\\\n", " ")
+        except OSError:
+            continue
+        for module, level, names in _imports(source):
+            if level:
+                if path == script_path:
+                    continue  # __main__ has no package
+                base = path
+                for _ in range(level):
+                    base = os.path.dirname(base)
+            else:
+                base = top
+            for dotted in [module] + ["%s.%s" % (module, n) if module
+                                      else n for n in names]:
+                for f in _module_files(base, dotted):
+                    if f not in found and os.path.realpath(f) != \
+                            os.path.realpath(_THIS_FILE) and \
+                            not os.path.relpath(f, project).startswith(
+                                os.pardir):
+                        found.append(f)
+                        todo.append(f)
+    return [os.path.relpath(f, project).replace(os.path.sep, "/")
+            for f in found]
+
+
+def _imports(source):
+    """(module, level, names) for each import in Python source: `from
+    ..a import b, c` is ("a", 2, ["b", "c"]), `import a.b` ("a.b", 0,
+    [])."""
+    for m in _IMPORT_RE.finditer(source):
+        from_module, from_names, modules, literal = m.groups()
+        if literal:
+            yield literal, 0, []
+        elif modules is not None:
+            for item in modules.split(","):
+                name = item.split()[0] if item.split() else ""
+                if name:
+                    yield name, 0, []
+        else:
+            dotted = from_module.lstrip(".")
+            names = [item.split()[0] for item in
+                     from_names.strip("()").split(",")
+                     if item.split() and item.split()[0] != "*"]
+            yield dotted, len(from_module) - len(dotted), names
+
+
+def _module_files(base, dotted):
+    """The files under directory base that importing dotted loads: each
+    package's __init__.py and the module's file, where they exist."""
+    import importlib.machinery
+    files = []
+    here = base
+    for part in dotted.split(".") if dotted else ():
+        if not part.isidentifier():
+            break
+        pkg = os.path.join(here, part)
+        init = os.path.join(pkg, "__init__.py")
+        if os.path.isfile(init):
+            files.append(init)
+        else:
+            modules = [pkg + suffix for suffix in
+                       [".py"] + importlib.machinery.EXTENSION_SUFFIXES
+                       if os.path.isfile(pkg + suffix)]
+            if modules:
+                files.append(modules[0])
+                break
+            if not os.path.isdir(pkg):  # not a namespace package either
+                break
+        here = pkg
+    return files
+
+
+def _source_snapshot(project, script=None, skip_dirs=()):
+    """(files, left_out) of the project's source snapshot: relative paths
+    to copy (script and the modules it imports first), and a record of
+    the files left out ({count, reasons: {reason: count}, max_count,
+    max_size, files: [[path, reason]]}, None if none; reason is size,
+    binary or count). Never this file: guild.py copied into a
+    project is the tool, not its source."""
+    settings = _source_settings(project)
+    files = _script_modules(project, script) if script else []
+    required = set(files)
+    included, text_files, left_out = [], [], []
+    for rel, path in _project_files(project, skip_dirs, settings["exclude"]):
+        if rel in required:
+            continue
+        try:
+            if os.path.getsize(path) > settings["max-size"]:
+                left_out.append((rel, "size"))
+            elif _source_pattern_hit(rel, settings["include"]):
+                included.append(rel)
+            elif _is_text_file(path):
+                text_files.append(rel)
+            else:
+                left_out.append((rel, "binary"))
+        except OSError:  # gone, or unreadable: not source
+            continue
+    room = max(settings["max-count"] - len(files), 0)
+    candidates = included + text_files  # what the user asked for first
+    files += candidates[:room]
+    left_out += [(rel, "count") for rel in candidates[room:]]
+    if not left_out:
+        return files, None
+    left_out.sort(key=lambda item: SOURCE_LEFT_OUT_REASONS.index(item[1]))
+    reasons = [reason for _rel, reason in left_out]
+    return files, {"count": len(left_out),
+                   "reasons": {r: reasons.count(r) for r in
+                               SOURCE_LEFT_OUT_REASONS if r in reasons},
+                   "max_count": settings["max-count"],
+                   "max_size": settings["max-size"],
+                   "files": [list(x) for x in
+                             left_out[:MAX_LEFT_OUT_RECORDED]]}
+
+
+def _is_text_file(path):
+    """True if the file's first KiB holds no NUL byte (as Guild AI
+    tells text files)."""
+    with open(path, "rb") as f:
+        return b"\0" not in f.read(1024)
+
+
+def _project_files(project, skip_dirs, exclude):
+    """(relative path, path) of the project's files a snapshot may copy,
+    in a stable order: not in hidden directories, __pycache__, virtual
+    environments, skip_dirs, directories holding a `.guild-nocopy` file
+    (as in Guild AI) or matching an exclude pattern; not hidden files,
+    bytecode, files matching an exclude pattern, or this file."""
     skip_real = {os.path.realpath(d) for d in skip_dirs}
-    own_name = os.path.basename(__file__)
-    found = []
-    for root, dirs, files in os.walk(project):
+    own_name = os.path.basename(_THIS_FILE)
+    for root, dirs, names in os.walk(project):
+        rel_root = os.path.relpath(root, project).replace(os.path.sep, "/")
+        prefix = "" if rel_root == "." else rel_root + "/"
         dirs[:] = sorted(
             d for d in dirs
             if not d.startswith(".") and d not in _SOURCE_SKIP_DIRS
             and not os.path.exists(os.path.join(root, d, "pyvenv.cfg"))
+            and not os.path.exists(os.path.join(root, d, ".guild-nocopy"))
+            and not (exclude and _source_pattern_hit(prefix + d, exclude,
+                                                     is_dir=True))
             and os.path.realpath(os.path.join(root, d)) not in skip_real)
-        for name in sorted(files):
+        for name in sorted(names):
             if name.startswith(".") or name.endswith((".pyc", ".pyo")):
                 continue
             path = os.path.join(root, name)
             if name == own_name and os.path.realpath(path) == \
-                    os.path.realpath(__file__):
+                    os.path.realpath(_THIS_FILE):
                 continue
-            if not _is_source_file(path):
+            if exclude and _source_pattern_hit(prefix + name, exclude):
                 continue
-            if len(found) == MAX_SOURCE_FILES:
-                log.warning(
-                    "Found more than %d source files in %s; copying the "
-                    "first %d", MAX_SOURCE_FILES, project, MAX_SOURCE_FILES)
-                return found
-            found.append(os.path.relpath(path, project).replace(
-                os.path.sep, "/"))
-    return found
-
-
-def _is_source_file(path):
-    try:
-        if os.path.getsize(path) > MAX_SOURCE_FILE_SIZE:
-            return False
-        with open(path, "rb") as f:
-            return b"\0" not in f.read(1024)
-    except OSError:
-        return False
+            yield prefix + name, path
 
 
 def _copy_files(src_root, rel_paths, dest_root):
@@ -4667,6 +4928,8 @@ def init_trial_run(batch_run, trial_flag_vals, run_dir=None):
         "batch": batch_run.id, "gpus": attrs.get("gpus"),
         "project": attrs.get("project"), "tags": tags,
         "stop_after": attrs.get("stop_after")}
+    if attrs.get("sourcecode_left_out"):
+        trial_attrs["sourcecode_left_out"] = attrs["sourcecode_left_out"]
     run_dir = run_dir or os.path.join(_runs_dir(), mkid())
     return _init_run(run_dir, trial_attrs, staged=True,
                      source_root=batch_run.dir,
@@ -7299,7 +7562,13 @@ def _create_run(attrs, stage, run_dir=None):
     source_root, source_files = None, ()
     if op["kind"] == "script":
         source_root = op["project"]
-        source_files = _source_files(source_root, [_guild_home()])
+        source_files, left_out = _source_snapshot(
+            source_root, op["script"], [_guild_home()])
+        if left_out:
+            attrs = dict(attrs, sourcecode_left_out=left_out)
+            _warn("the source snapshot leaves out %s ('guild runs info' "
+                  "names them; %s [sourcecode] sets what is copied)"
+                  % (_left_out_text(_left_out_info(attrs)), SOURCE_CONFIG))
     return _init_run(run_dir, attrs, staged=stage, source_root=source_root,
                      source_files=source_files)
 
@@ -8749,7 +9018,8 @@ def _diff_pairs(args, chosen):
             raise RunError("the project of run %s (%s) is gone" % (
                 run.short_id, project or "unknown"))
         files = sorted(set(run.get("sourcecode") or ()) | set(
-            _source_files(project, [_guild_home()])))
+            _source_snapshot(project, _field(run.get("op"), "script", str),
+                             [_guild_home()])[0]))
         return [(_diff_file(run.dir, rel, run.short_id),
                  _diff_file(project, rel, project)) for rel in files]
     run_a, run_b = chosen
@@ -9202,8 +9472,8 @@ def _cmd_slurm_submit(args):
     for level, text in _store_findings(_guild_home()):
         if level == "error" and not args.no_store_check:
             raise SlurmError(text + " (--no-store-check to submit anyway)")
-        if level != "ok":  # not log.warning: importing logging costs
-            sys.stderr.write("guild: warning: %s\n" % text)
+        if level != "ok":
+            _warn(text)
     opts = {name.replace("-", "_"): getattr(args, name.replace("-", "_"))
             for name in SBATCH_PASS_THROUGH}
     opts.update(

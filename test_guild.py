@@ -1432,6 +1432,140 @@ class CacheDamageTest(GuildTestCase):
 # ---------------------------------------------------------------------------
 
 
+class SourceSnapshotTest(GuildTestCase):
+    """What a run's source snapshot copies, and says it leaves out."""
+
+    def write_files(self, files):
+        for rel, contents in files.items():
+            os.makedirs(path(self.project, os.path.dirname(rel)),
+                        exist_ok=True)
+            mode = "wb" if isinstance(contents, bytes) else "w"
+            with open(path(self.project, rel), mode) as f:
+                f.write(contents)
+
+    def staged_snapshot(self, *args, env=None):
+        """Stage the script train.py; return (output, run attrs)."""
+        code, out = self.guild("run", "train.py", "--stage", "-y", *args,
+                               env=env)
+        self.assertEqual(code, 0, out)
+        return out, self.runs()[0]._attrs()
+
+    def test_a_300_file_project_keeps_the_script_and_its_modules(self):
+        self.write_files({
+            "zz_train.py": "import zz_helper; import os\n"
+                           "from zz_pkg import zz_mod\n"
+                           "from zz_pkg.zz_sub import zz_deep\n"
+                           "print('ok', zz_helper.V, zz_mod.W, zz_deep.D)\n",
+            "zz_helper.py": "import zz_chain as c\nV = c.C\n",
+            "zz_chain.py": "C = 1\n",
+            "zz_pkg/__init__.py": "",
+            "zz_pkg/zz_mod.py": "from .zz_rel import (\n    R,\n)\nW = R\n",
+            "zz_pkg/zz_rel.py": "R = 2\n",
+            "zz_pkg/zz_sub/zz_deep.py": "D = 3\n",  # a namespace package
+            "zz_unused.py": "",
+        })
+        self.write_files({"a_%03d.txt" % i: "%d\n" % i for i in range(300)})
+        code, out = self.guild("run", "zz_train.py", "-y")
+        self.assertEqual(code, 0, out)
+        warning, ran = out.splitlines()
+        self.assertEqual(ran, "ok 1 2 3")
+        self.assertEqual(
+            warning, "guild: warning: the source snapshot leaves out 208 "
+            "files (208 past the 100-file limit): a_093.txt a_094.txt "
+            "a_095.txt ... ('guild runs info' names them; guild.ini "
+            "[sourcecode] sets what is copied)")
+        run = self.runs()[0]
+        self.assertEqual(len(run.get("sourcecode")), 100)
+        self.assertEqual(run.get("sourcecode")[:7], [
+            "zz_train.py", "zz_helper.py", "zz_pkg/__init__.py",
+            "zz_pkg/zz_mod.py", "zz_pkg/zz_sub/zz_deep.py", "zz_chain.py",
+            "zz_pkg/zz_rel.py"])
+        self.assertIn("\nsourcecode_left_out: 208 files (208 past the "
+                      "100-file limit): a_093.txt a_094.txt ",
+                      self.guild("runs", "info")[1])
+        left_out = json.loads(self.guild("runs", "info", "--json")[1])[
+            "sourcecode_left_out"]
+        self.assertEqual(left_out["count"], 208)
+        self.assertEqual(left_out["files"][-1],
+                         {"path": "zz_unused.py", "reason": "count"})
+
+    def test_data_left_out_with_a_warning_until_the_project_says(self):
+        self.write_files({
+            "train.py": "import os\nprint(os.path.getsize('data/x.npy'), "
+                        "os.path.getsize('ckpt.bin'))\n",
+            "data/x.npy": b"\x93NUMPY\0\1",
+            "ckpt.bin": "a" * (1024 * 1024 + 1)})
+        code, out = self.guild("run", "train.py", "-y")
+        self.assertEqual(code, 1)
+        self.assertIn("guild: warning: the source snapshot leaves out 2 "
+                      "files (1 over 1 MiB, 1 not text): ckpt.bin "
+                      "data/x.npy ('guild runs info'", out)
+        self.assertIn("No such file or directory: 'data/x.npy'", out)
+        self.assertIn("\nsourcecode_left_out: 2 files (1 over 1 MiB, 1 not "
+                      "text): ckpt.bin data/x.npy\n",
+                      self.guild("runs", "info")[1])
+        write(path(self.project, "guild.ini"),
+              "[sourcecode]\ninclude = data/\nmax-size = 2M\n")
+        code, out = self.guild("run", "train.py", "-y")
+        self.assertEqual((code, out), (0, "8 1048577\n"))
+        self.assertNotIn("sourcecode_left_out", self.guild("runs", "info")[1])
+
+    def test_patterns_choose_what_is_copied_but_never_the_script(self):
+        self.write_files({
+            "train.py": "import lib.util\n", "lib/util.py": "",
+            "notes.txt": "", "logs/a.log": "", "data/x.npy": b"\0",
+            "data/y.npy": b"\0", "data/sub/z.npy": b"\0",
+            "skip/.guild-nocopy": "", "skip/a.py": "",
+            "guild.ini": "[sourcecode]\nexclude = *.py logs/\n"
+                         "  /data/sub\ninclude = *.npy\n"})
+        out, attrs = self.staged_snapshot()
+        self.assertEqual(sorted(attrs["sourcecode"]), [
+            "data/x.npy", "data/y.npy", "guild.ini", "lib/util.py",
+            "notes.txt", "train.py"])
+        self.assertNotIn("warning", out)
+        write(path(self.project, "guild.ini"),
+              "[sourcecode]\nmax-count = 2\nexclude = data/\n")
+        out, attrs = self.staged_snapshot()
+        self.assertEqual(attrs["sourcecode"], ["train.py", "lib/util.py"])
+        self.assertIn("leaves out 3 files (3 past the 2-file limit): "
+                      "guild.ini notes.txt logs/a.log (", out)
+        out, attrs = self.staged_snapshot(  # Guild AI's variable: one run
+            env={"MAX_DEFAULT_SOURCECODE_COUNT": "10"})
+        self.assertEqual(len(attrs["sourcecode"]), 5)
+        self.assertNotIn("warning", out)
+
+    def test_a_bad_settings_file_is_an_error_before_any_run(self):
+        write(path(self.project, "train.py"), "")
+        for ini, message in [
+                ("[sourcecode]\nmax-size = big\n", "guild.ini: max-size "
+                 "must be a whole number (a size may end in K, M or G), "
+                 "not 'big'"),
+                ("[sourcecode]\nincludes = *.npy\n", "guild.ini: unknown "
+                 "setting 'includes' in [sourcecode] (settings: include, "
+                 "exclude, max-count, max-size)"),
+                ("include = *.npy\n", "guild.ini: File contains no section "
+                 "headers.")]:
+            write(path(self.project, "guild.ini"), ini)
+            self.assertGuildError(self.guild("run", "train.py", "-y"),
+                                  message)
+        os.remove(path(self.project, "guild.ini"))
+        self.assertGuildError(self.guild(
+            "run", "train.py", "-y", env={"MAX_DEFAULT_SOURCECODE_COUNT":
+                                          "x"}), "MAX_DEFAULT_SOURCECODE_"
+            "COUNT must be a whole number")
+        self.assertEqual(self.runs(), [])
+
+    def test_imports_found_without_running_the_script(self):
+        found = list(guild._imports(
+            "import a.b as c, d\nx = 1; import e  # f\n"
+            "from .g import (h,\n    i as j)\nfrom ..k import *\n"
+            "    from l import m\nm = importlib.import_module('n.o')\n"
+            "s = 'not import p'\n"))
+        self.assertEqual(found, [
+            ("a.b", 0, []), ("d", 0, []), ("e", 0, []), ("g", 1, ["h", "i"]),
+            ("k", 2, []), ("l", 0, ["m"]), ("n.o", 0, [])])
+
+
 class RunTest(GuildTestCase):
     starts_scripts = True  # also run in the fresh-interpreter pass
 
