@@ -7,6 +7,7 @@ machine is shared and noisy: compare ratios, not absolute times).
     python3 samples/bench/bench.py            # all workloads
     python3 samples/bench/bench.py --quick    # fewer repeats, W3 at 200 not 1,000,
                                               # V3 at 180 polls not 1,800
+    python3 samples/bench/bench.py --only W1,W3,W5   # some workloads (WORKLOADS)
 """
 
 import gc
@@ -34,6 +35,7 @@ import guild  # noqa: E402  (the file under test, from this checkout)
 import slurm_bench  # noqa: E402  (beside this file)
 
 TRIVIAL = "i = 0\n"
+SLEEPER = "import time\ni = 0\ntime.sleep(0.2)\n"
 
 
 def _run(cmd, cwd=None, home=None, bytecode=False):
@@ -150,11 +152,11 @@ def w3(tmp, n):
     return total / n
 
 
-def w4(tmp, n, queues):
-    """Wall time for `queues` queues to drain n trivial trials, and the
-    time from the first trial's start to the last one's end (the queues'
-    own start-up left out), from the run records."""
-    project = _project(tmp, "w4-%d" % queues, {"trivial.py": TRIVIAL})
+def w4(tmp, n, queues, script=TRIVIAL):
+    """Wall time for `queues` queues to drain n staged trials of script,
+    and the time from the first trial's start to the last one's end (the
+    queues' own start-up left out), from the run records."""
+    project = _project(tmp, "w4-%d" % queues, {"trivial.py": script})
     home = os.path.join(tmp, "w4-%d-home" % queues)
     _stage_trials(project, home, n)
     env = dict(os.environ, GUILD_HOME=home)
@@ -176,6 +178,13 @@ def w4(tmp, n, queues):
         with open(os.path.join(gdir, "exit.json")) as f:
             ends.append(json.load(f)["stopped"])
     return wall, (max(ends) - min(starts)) / 1e6
+
+
+def w5(tmp, n, queues):
+    """W4 with trials that wait rather than compute (each sleeps 0.2 s,
+    as a trial waiting on a GPU): what several queues gain when the CPU
+    is not what the trials share."""
+    return w4(tmp, n, queues, script=SLEEPER)
 
 
 def stage50(tmp, repeats):
@@ -327,8 +336,17 @@ def v3(tmp, polls):
         server.server_close()
 
 
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "V2", "V3", "stage50", "E1", "S")
+
+
 def main(argv):
     quick = "--quick" in argv
+    only = set(argv[argv.index("--only") + 1].split(",")) \
+        if "--only" in argv else set(WORKLOADS)
+    unknown = only - set(WORKLOADS)
+    if unknown:
+        sys.exit("unknown workloads %s (known: %s)" % (
+            ", ".join(sorted(unknown)), ", ".join(WORKLOADS)))
     repeats = 3 if quick else 7
     big_w3 = 200 if quick else 1000
     tmp = tempfile.mkdtemp(prefix="guild-bench-")
@@ -345,14 +363,17 @@ def main(argv):
                                      "met"))
     try:
         startup = _median([_run([PY, "-c", "pass"]) for _ in range(repeats)])
-        bare, tracked, module = w1(tmp, repeats * 2)
-        row("W1 run vs bare python", "%.3fs vs %.3fs = %.2fx"
-            % (tracked, bare, tracked / bare), "<= 1.5x",
-            tracked / bare <= 1.5)
-        row("W1 same, python -m guild", "%.3fs vs %.3fs = %.2fx"
-            % (module, bare, module / bare), "<= 1.5x",
-            module / bare <= 1.5)
+        if "W1" in only:
+            bare, tracked, module = w1(tmp, repeats * 2)
+            row("W1 run vs bare python", "%.3fs vs %.3fs = %.2fx"
+                % (tracked, bare, tracked / bare), "<= 1.5x",
+                tracked / bare <= 1.5)
+            row("W1 same, python -m guild", "%.3fs vs %.3fs = %.2fx"
+                % (module, bare, module / bare), "<= 1.5x",
+                module / bare <= 1.5)
         for n, t_first, t_all in [(1000, 0.1, 0.3), (10000, 0.2, 2.0)]:
+            if "W2" not in only:
+                break
             cold, first, every, m_first, m_every = w2(tmp, n, repeats)
             row("W2 runs / runs -a, %d runs" % n, "%.3fs / %.3fs"
                 % (first, every), "<= %ss / <= %ss" % (t_first, t_all),
@@ -369,41 +390,56 @@ def main(argv):
                     % (page, first), "<= 0.3s", page <= 0.3)
                 row("   /api/runs, %d runs" % n, "%.3fs" % api, "<= 0.3s",
                     api <= 0.3)
-        small = w3(tmp, 50)
-        bare_trivial = _median([_run([PY, "-c", TRIVIAL])
-                                for _ in range(repeats)])
-        row("W3 queue, per trial @50", "%.3fs (bare python %.3fs)"
-            % (small, bare_trivial), "overhead <= 0.06s",
-            small - bare_trivial <= 0.06)
-        large = w3(tmp, big_w3)
-        row("W3 queue, per trial @%d" % big_w3, "%.3fs = %.2fx of @50"
-            % (large, large / small), "<= 1.25x of @50",
-            large / small <= 1.25)
-        w4_runs = [[w4(os.path.join(tmp, "w4-%d" % i), 100, queues)
-                    for queues in (1, 4)] for i in range(max(repeats // 2, 1))]
-        one, one_trials = [_median(r[0][k] for r in w4_runs) for k in (0, 1)]
-        four, four_trials = [_median(r[1][k] for r in w4_runs)
-                             for k in (0, 1)]
-        row("W4 4 queues vs 1, 100 trials", "%.2fs vs %.2fs = %.2fx"
-            % (four, one, one / four), ">= 1.8x", one / four >= 1.8)
-        row("   same, trials only", "%.2fs vs %.2fs = %.2fx"
-            % (four_trials, one_trials, one_trials / four_trials),
-            ">= 1.8x", one_trials / four_trials >= 1.8)
-        plot = v2(tmp, repeats)
-        row("V2 view plot, 10 runs x 10,000", "%.3fs" % plot, "<= 0.3s",
-            plot <= 0.3)
-        polls = 180 if quick else 1800
-        before, after = v3(tmp, polls)
-        row("V3 view memory, %d polls" % polls, "%.1f MB -> %.1f MB" % (
-            before / 1e6, after / 1e6), "growth <= 2 MB",
-            after - before <= 2e6)
-        staged = stage50(tmp, repeats)
-        row("stage 50 trials", "%.3fs" % staged, "<= 0.3s", staged <= 0.3)
-        first, later = e1(tmp, repeats)
-        row("E1 100,000 TensorBoard scalars", "%.3fs, +1,000: %.3fs"
-            % (first, later), "~0.5s, +1,000 <= 0.02s",
-            first <= 0.6 and later <= 0.02)
-        slurm_bench.run(tmp, row, repeats)
+        if "W3" in only:
+            small = w3(tmp, 50)
+            bare_trivial = _median([_run([PY, "-c", TRIVIAL])
+                                    for _ in range(repeats)])
+            row("W3 queue, per trial @50", "%.3fs (bare python %.3fs)"
+                % (small, bare_trivial), "overhead <= 0.06s",
+                small - bare_trivial <= 0.06)
+            large = w3(tmp, big_w3)
+            row("W3 queue, per trial @%d" % big_w3, "%.3fs = %.2fx of @50"
+                % (large, large / small), "<= 1.25x of @50",
+                large / small <= 1.25)
+        for name, workload, target in [("W4", w4, 1.8), ("W5", w5, 3.6)]:
+            if name not in only:
+                continue
+            times = [[workload(os.path.join(tmp, "%s-%d" % (name, i)), 100,
+                               queues) for queues in (1, 4)]
+                     for i in range(max(repeats // (2 if name == "W4"
+                                                    else 3), 1))]
+            one, one_trials = [_median(r[0][k] for r in times)
+                               for k in (0, 1)]
+            four, four_trials = [_median(r[1][k] for r in times)
+                                 for k in (0, 1)]
+            row("%s 4 queues vs 1, 100 %s" % (
+                name, "trials" if name == "W4" else "0.2 s sleeps"),
+                "%.2fs vs %.2fs = %.2fx" % (four, one, one / four),
+                ">= %sx" % target, one / four >= target)
+            row("   same, trials only", "%.2fs vs %.2fs = %.2fx"
+                % (four_trials, one_trials, one_trials / four_trials),
+                ">= %sx" % target, one_trials / four_trials >= target)
+        if "V2" in only:
+            plot = v2(tmp, repeats)
+            row("V2 view plot, 10 runs x 10,000", "%.3fs" % plot, "<= 0.3s",
+                plot <= 0.3)
+        if "V3" in only:
+            polls = 180 if quick else 1800
+            before, after = v3(tmp, polls)
+            row("V3 view memory, %d polls" % polls, "%.1f MB -> %.1f MB" % (
+                before / 1e6, after / 1e6), "growth <= 2 MB",
+                after - before <= 2e6)
+        if "stage50" in only:
+            staged = stage50(tmp, repeats)
+            row("stage 50 trials", "%.3fs" % staged, "<= 0.3s",
+                staged <= 0.3)
+        if "E1" in only:
+            first, later = e1(tmp, repeats)
+            row("E1 100,000 TensorBoard scalars", "%.3fs, +1,000: %.3fs"
+                % (first, later), "~0.5s, +1,000 <= 0.02s",
+                first <= 0.6 and later <= 0.02)
+        if "S" in only:
+            slurm_bench.run(tmp, row, repeats)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
