@@ -3993,7 +3993,8 @@ class ScalarTest(GuildTestCase):
 
     @unittest.skipIf(IS_WINDOWS, "POSIX signals")
     def test_ctrl_c_keeps_scalars_already_printed(self):
-        # Under a progress bar on stderr too.
+        # Under a progress bar on stderr too; its traceback is the
+        # script's, as under plain python.
         write(path(self.project, "slow.py"),
               "import sys, time\nprint('loss: 0.5')\n"
               "sys.stderr.write('\\r 10%|#  ')\nprint('step: 1')\n"
@@ -4004,6 +4005,13 @@ class ScalarTest(GuildTestCase):
         p.wait(timeout=30)
         run = self.runs()[0]
         self.assertEqual(run.status, "terminated")
+        # The traceback starts at the script, no guild frame above it.
+        traceback = ("Traceback (most recent call last):\n  File \"slow.py\""
+                     ", line 7, in <module>\n    time.sleep(60)\n"
+                     "KeyboardInterrupt\n")
+        self.assertTrue(p.stdout.read().decode().endswith(traceback))
+        self.assertTrue(cat_file(run.guild_path("output")).endswith(
+            traceback))
         self.assertEqual([r[:3] for r in run.scalar_history()],
                          [("loss", 0.5, 0), ("val", 0.125, 1),
                           ("loss", 0.25, 1)])
