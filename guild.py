@@ -140,6 +140,9 @@ import sys
 # The modules the interpreter had imported before this file: a script's
 # process forgets others the script's own files shadow (section 11).
 _INTERPRETER_MODULES = frozenset(sys.modules)
+# How the interpreter's stdout handles what its encoding cannot write,
+# before the command line changes it: a forked script's stdout gets it.
+_INTERPRETER_STDOUT_ERRORS = getattr(sys.stdout, "errors", None)
 # Run as a program, this file's directory is first on sys.path, where a
 # project's own json.py beside a copied guild.py would stand in for the
 # standard library's. guild.py needs nothing from there: take it off.
@@ -3938,11 +3941,14 @@ def _script_process_main(words):
     what, arg, script, args = words[0], words[1], words[2], words[3:]
     with open(script, "rb") as f:
         source = f.read()
+    # Python 3.9+ makes the path of the script it runs absolute (its
+    # __file__, its tracebacks); sys.argv[0] stays as given.
+    path = os.path.abspath(script) if sys.version_info >= (3, 9) else script
     if what == "probe":
         _patch_parsers_to_describe(arg, _CLICK_IMPORT_RE.search(source))
-        code = _compile_script(source, script)
+        code = _compile_script(source, path)
     else:
-        code = _compile_script(source, script, json.loads(arg))
+        code = _compile_script(source, path, json.loads(arg))
     own_pid = os.getpid()
     watcher = os.environ.pop(WATCHER_ENV, None)
     if watcher:
@@ -3951,7 +3957,9 @@ def _script_process_main(words):
         _tag_stderr(os.path.abspath(".guild"))
     _set_script_path(os.path.dirname(os.path.abspath(script)))
     sys.argv = [script] + args
-    status = _exec_as_main(code, script)
+    if hasattr(sys, "orig_argv"):  # 3.10+: as `python SCRIPT ARG...` has it
+        sys.orig_argv = [sys.executable] + sys.argv
+    status = _exec_as_main(code, path)
     try:
         _end_process()
     except KeyboardInterrupt:  # Ctrl-C while threads were joined
@@ -4120,10 +4128,17 @@ def _exec_as_main(code, script):
     An uncaught exception is shown as the interpreter shows it, the
     traceback starting at the script.
     """
+    import importlib.machinery
     main = types.ModuleType("__main__")
     main.__file__ = script
     main.__builtins__ = builtins
     main.__cached__ = None
+    main.__loader__ = importlib.machinery.SourceFileLoader("__main__", script)
+    if sys.version_info < (3, 14):  # the interpreter's __main__ has one
+        main.__annotations__ = {}
+    for name in list(sys.modules):  # guild's namespaces (section 21)
+        if name.startswith("__main__."):
+            del sys.modules[name]
     sys.modules["__main__"] = main
     try:
         exec(code, main.__dict__)
@@ -4494,8 +4509,7 @@ def _become_script_process(cwd, env, out_fd):
     encoding = getattr(sys.__stdout__, "encoding", None) or "utf-8"
     sys.stdout = sys.__stdout__ = io.TextIOWrapper(
         io.FileIO(1, "w", closefd=False), encoding=encoding,
-        errors=getattr(sys.__stdout__, "errors", None) or "strict",
-        write_through=True)
+        errors=_INTERPRETER_STDOUT_ERRORS or "strict", write_through=True)
     sys.stderr = sys.__stderr__ = io.TextIOWrapper(
         io.FileIO(2, "w", closefd=False), encoding=encoding,
         errors="backslashreplace", write_through=True)

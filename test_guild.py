@@ -1970,6 +1970,25 @@ class RunTest(GuildTestCase):
         self.assertGuildError(self.guild("compare", "--cs", "-"),
                               "unrecognized arguments: --cs")
 
+    @any_start_mode  # it starts the script both ways itself
+    @unittest.skipIf(not sys.platform.startswith("linux"), "reads /proc")
+    def test_a_script_sees_the_same_whichever_way_it_starts(self):
+        # What README's Runs section claims: nothing the script can look
+        # at differs between a fork and a fresh interpreter.
+        self.copy_sample("observe.py")
+        seen = []
+        for env in ({}, {"GUILD_NO_FORK": "1"}):
+            code, out = self.guild("run", "observe.py", "-y", env=env)
+            self.assertEqual(code, 0, out)
+            seen.append(json.loads(out))
+        self.maxDiff = None
+        self.assertEqual(seen[0], seen[1])
+        self.assertEqual((seen[0]["argv"], seen[0]["file"], seen[0]["cwd"],
+                          seen[0]["path"][0], seen[0]["own session"]),
+                         (["observe.py"], "RUN_DIR/observe.py" if
+                          sys.version_info >= (3, 9) else "observe.py",
+                          "RUN_DIR", "RUN_DIR", True))
+
     def test_script_process_starts_and_ends_as_an_interpreter(self):
         # Linux forks the guild process for a script; GUILD_NO_FORK=1
         # starts a fresh interpreter. A script cannot tell them apart.
@@ -1979,7 +1998,7 @@ class RunTest(GuildTestCase):
             ("normally", 0, "completed", ["thread done\natexit ran\n"]),
             ("raise", 1, "error", [
                 "Traceback (most recent call last):\n"
-                "  File \"ends.py\", line 24, in <module>\n",
+                "  File \"%s\", line 24, in <module>\n",
                 "ValueError: boom\n", "thread done\natexit ran\n"]),
             ("exit", 1, "error", ["bad thing\n", "thread done\n",
                                   "atexit ran\n"]),
@@ -1993,6 +2012,9 @@ class RunTest(GuildTestCase):
                                         "-y", env=env)
                     self.assertEqual(result[0], code, result[1])
                     out = result[1]
+                    script = path(self.runs()[0].dir, "ends.py") \
+                        if sys.version_info >= (3, 9) else "ends.py"
+                    parts = [part.replace("%s", script) for part in parts]
                     self.assertTrue(out.startswith(start), out)
                     self.assertNotIn("guild.py", out)
                     self.assertTrue(out.endswith(parts[-1]), out)
@@ -4006,9 +4028,11 @@ class ScalarTest(GuildTestCase):
         run = self.runs()[0]
         self.assertEqual(run.status, "terminated")
         # The traceback starts at the script, no guild frame above it.
-        traceback = ("Traceback (most recent call last):\n  File \"slow.py\""
-                     ", line 7, in <module>\n    time.sleep(60)\n"
-                     "KeyboardInterrupt\n")
+        traceback = ("Traceback (most recent call last):\n  File \"%s\", "
+                     "line 7, in <module>\n    time.sleep(60)\n"
+                     "KeyboardInterrupt\n" % (
+                         path(run.dir, "slow.py") if sys.version_info >=
+                         (3, 9) else "slow.py"))
         self.assertTrue(p.stdout.read().decode().endswith(traceback))
         self.assertTrue(cat_file(run.guild_path("output")).endswith(
             traceback))
