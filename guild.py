@@ -3958,7 +3958,7 @@ def _script_process_main(words):
     _set_script_path(os.path.dirname(os.path.abspath(script)))
     sys.argv = [script] + args
     if hasattr(sys, "orig_argv"):  # 3.10+: as `python SCRIPT ARG...` has it
-        sys.orig_argv = [sys.executable] + sys.argv
+        sys.orig_argv = [sys.executable] + sys.argv  # novermin
     status = _exec_as_main(code, path)
     try:
         _end_process()
