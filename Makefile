@@ -1,6 +1,6 @@
 PYTHON ?= python3
 
-.PHONY: test bench lint
+.PHONY: test bench stress lint
 
 # Everything: unit tests and the doctest files under samples/, with scripts
 # forked (Linux); then again, with scripts started in fresh interpreters (as
@@ -13,6 +13,11 @@ test:
 bench:
 	$(PYTHON) samples/bench/bench.py
 	$(PYTHON) samples/bench/tpe_bench.py
+
+# The kill storm (queues and trials killed at random), a minute in each
+# start mode; the seed is printed (GUILD_STRESS_SEED=N repeats a storm).
+stress:
+	$(PYTHON) samples/stress/stress.py
 
 # Python 3.8 compatibility (needs `pip install vermin`).
 lint:

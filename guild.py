@@ -551,6 +551,23 @@ def _raise_stop(signum, _frame):
 # and SIGHUP, which its terminal closing sends.
 _STOP_SIGNALS = () if IS_WINDOWS else ("SIGTERM", "SIGHUP")
 
+# Stop signals held back: while the script's process is started and
+# recorded, a stop must neither land inside os.fork (where Python prints
+# and drops an exception raised by a handler) nor between the start and
+# the record (a script running unrecorded, or a record of no script). The
+# held signal is taken once the watcher's handler is in place; a child
+# inherits the hold and lets go once its handlers are the script's.
+_HELD_SIGNALS = () if IS_WINDOWS or not hasattr(
+    signal, "pthread_sigmask") else tuple(
+        getattr(signal, n) for n in ("SIGINT",) + _STOP_SIGNALS)
+
+
+def _hold_stops(hold=True):
+    """Block (hold) or unblock the stop signals in this thread."""
+    if _HELD_SIGNALS:
+        signal.pthread_sigmask(signal.SIG_BLOCK if hold
+                               else signal.SIG_UNBLOCK, _HELD_SIGNALS)
+
 
 # ---------------------------------------------------------------------------
 ## 4. Small utilities: ids, time, JSON files, processes, host beats
@@ -3939,6 +3956,11 @@ def _script_process_main(words):
     A script ended by Ctrl-C ends this process by SIGINT, as Python does.
     """
     what, arg, script, args = words[0], words[1], words[2], words[3:]
+    try:  # a stop held since before the start ends it now, as a stop
+        _hold_stops(False)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
     with open(script, "rb") as f:
         source = f.read()
     # Python 3.9+ makes the path of the script it runs absolute (its
@@ -4537,6 +4559,7 @@ def _start_run(run, gpus=None):
     """
     attrs = _startable_attrs(run)
     kind = attrs["op"]["kind"]
+    was_staged = os.path.exists(run.guild_path(STAGED_MARKER))
     record = dict(_process_owner(), started=_timestamp())
     slurm = _slurm_task()
     if slurm:  # a restarted task finds what its earlier self left
@@ -4572,7 +4595,10 @@ def _start_run(run, gpus=None):
             out.close()
         status = _exit_status_name(exit_status, stop is not None)
         recorded = _read_json(run.guild_path(EXIT_ATTRS))
-        if not isinstance(recorded, dict) or (
+        if stop is not None and was_staged and kind == "script" and \
+                "child" not in _read_dict(run.guild_path(PROC_ATTRS)):
+            _restage_unstarted(run, attrs)  # stopped before it started
+        elif not isinstance(recorded, dict) or (
                 recorded.get("exit_status"), recorded.get("status")) != (
                 exit_status, status):  # the script's own record may do
             _write_json(run.guild_path(EXIT_ATTRS), {
@@ -4582,6 +4608,23 @@ def _start_run(run, gpus=None):
     if stop is not None:
         raise stop
     return exit_status
+
+
+def _restage_unstarted(run, attrs):
+    """Stage again a run that a stop reached before its script started:
+    a gentle stop keeps what a hard one (kill -9) keeps."""
+    with Lock(RUN_STATUS, timeout=60):
+        proc = _read_dict(run.guild_path(PROC_ATTRS))
+        if "child" in proc or proc.get("pid") != os.getpid():
+            return  # started after all, or not ours
+        with open(run.guild_path(STAGED_MARKER), "a"):
+            pass
+        name = _index_name(run.id, attrs.get("created"))
+        _index_put("staged", name, {})
+        _index_drop("claims", name)
+        _remove(run.guild_path(PROC_ATTRS))
+    log.info("Run %s was stopped before it started; it is staged again",
+             run.id)
 
 
 def _record_start(run, record):
@@ -4626,26 +4669,31 @@ def _run_script(run, attrs, gpus, record):
     words, command = _script_words(attrs)
     output_path = run.guild_path(OUTPUT_FILE)
     recorder = _ScalarRecorder(run.guild_path(SCALARS_FILE))
-    # The script writes its output file itself; this process shows it.
-    with open(output_path, "ab") as out:
-        offset = out.tell()
-        streams = _StderrSpans(run.dir, offset, recorder.feed)
-        proc = _start_script_process(words, run.dir, env, out.fileno(),
-                                     _fork_possible())
-    record.update(child=_process_owner(proc.pid), command=command)
+    _hold_stops()  # until _supervise's handler takes them (see above)
     try:
-        _write_json(run.guild_path(PROC_ATTRS), record)
-    except BaseException:
-        _signal_process_group(proc.pid, signal.SIGKILL)
-        proc.wait()
-        raise
-    stop_after = attrs.get("stop_after")
-    try:
-        return _supervise(proc, output_path, offset, streams.feed,
-                          stop_after and time.monotonic() + stop_after * 60)
+        # The script writes its output file itself; this process shows it.
+        with open(output_path, "ab") as out:
+            offset = out.tell()
+            streams = _StderrSpans(run.dir, offset, recorder.feed)
+            proc = _start_script_process(words, run.dir, env, out.fileno(),
+                                         _fork_possible())
+        record.update(child=_process_owner(proc.pid), command=command)
+        try:
+            _write_json(run.guild_path(PROC_ATTRS), record)
+        except BaseException:
+            _signal_process_group(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+        stop_after = attrs.get("stop_after")
+        try:
+            return _supervise(proc, output_path, offset, streams.feed,
+                              stop_after and
+                              time.monotonic() + stop_after * 60)
+        finally:
+            streams.close()
     finally:
-        streams.close()
         recorder.close()
+        _hold_stops(False)
 
 
 def _supervise(proc, output_path, offset, on_output, deadline=None):
@@ -4754,6 +4802,7 @@ class _handle_stop_signals:
             names = ("SIGINT",) + _STOP_SIGNALS
             self.saved = [(getattr(signal, n), signal.signal(
                 getattr(signal, n), self.handler)) for n in names]
+            _hold_stops(False)  # a held stop goes to handler now
         return self
 
     def __exit__(self, *_exc):

@@ -3528,12 +3528,171 @@ class SlurmTest(GuildTestCase):
         self.assertIn(b"ExitCode=3:0", show.stdout)
 
 
+STORM_SCRIPT = """\
+import os, time
+i = 0
+marks = os.environ["MARKS"]
+open(os.path.join(marks, "start-%s-%s" % (i, os.getpid())), "w").close()
+time.sleep(float(os.environ.get("MARK_SECONDS", "0")))
+open(os.path.join(marks, "end-%s-%s" % (i, os.getpid())), "w").close()
+print("loss: %s" % i)
+"""
+
+
+class KillStormTest(GuildTestCase):
+    """Queues and trials killed with SIGKILL and SIGTERM, to pids and to
+    process groups, at random moments, killed queues restarted: no trial
+    starts twice, none is lost or left stuck, no output holds a traceback.
+    Short here (in both start modes, by the two passes of make test);
+    `make stress` runs it longer (GUILD_STRESS_SECONDS, GUILD_STRESS_SEED,
+    GUILD_STRESS_TRIALS)."""
+    starts_scripts = True  # also run in the fresh-interpreter pass
+
+    def start_queue(self, n, *flags):
+        log = open(path(self.logs, "queue-%d.log" % n), "wb")
+        self.addCleanup(log.close)
+        return subprocess.Popen(
+            [sys.executable, GUILD_PY, "run", "queue", "-y",
+             "ignore-running=yes"] + list(flags), cwd=self.project,
+            env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+
+    def running_trials(self):
+        """[(script pid, run id)] of the trials running."""
+        pids = []
+        for run in self.runs():
+            proc = guild._read_dict(run.guild_path("proc.json"))
+            child = proc.get("child")
+            if run.op_desc == "storm.py" and isinstance(child, dict) and \
+                    run.status == "running":
+                pids.append((child["pid"], run.id))
+        return pids
+
+    @unittest.skipIf(IS_WINDOWS, "POSIX signals")
+    def test_kill_storm_loses_nothing_and_starts_nothing_twice(self):
+        seed = int(os.environ.get("GUILD_STRESS_SEED") or
+                   random.randrange(10 ** 6))
+        seconds = float(os.environ.get("GUILD_STRESS_SECONDS") or 3)
+        n = int(os.environ.get("GUILD_STRESS_TRIALS") or 40)
+        rnd = random.Random(seed)
+        note = "seed %d (GUILD_STRESS_SEED=%d to repeat)" % (seed, seed)
+        write(path(self.project, "storm.py"), STORM_SCRIPT)
+        code, out = self.guild("run", "storm.py", "i=range[0:%d]" % (n - 1),
+                               "--stage-trials", "-y")
+        self.assertEqual(code, 0, out)
+        self.marks, self.logs = mkdtemp(), mkdtemp()
+        self.env = dict(os.environ, GUILD_HOME=self.home, MARKS=self.marks,
+                        MARK_SECONDS="0.05")
+        started = [0]
+
+        def queue():
+            started[0] += 1
+            return self.start_queue(started[0], "poll-interval=0.2")
+
+        queues = [queue() for _ in range(3)]
+        deadline = time.monotonic() + seconds
+        kills, killed_trials = 0, set()
+        while time.monotonic() < deadline:
+            time.sleep(rnd.uniform(0.01, 0.25))
+            signum = rnd.choice([signal.SIGKILL, signal.SIGTERM])
+            to_group = rnd.random() < 0.5
+            pids = self.running_trials() if rnd.random() < 0.3 else []
+            if pids:
+                pid, run_id = rnd.choice(pids)
+                killed_trials.add(run_id)
+            else:
+                victim = queues.pop(rnd.randrange(len(queues)))
+                pid = victim.pid
+            try:
+                if to_group:
+                    os.killpg(pid, signum)
+                else:
+                    os.kill(pid, signum)
+            except OSError:
+                pass
+            kills += 1
+            if not pids:
+                victim.wait(timeout=60)
+                queues.append(queue())
+        for q in queues:  # gently: they end their runs and stop
+            q.send_signal(signal.SIGTERM)
+            q.wait(timeout=60)
+        final = self.start_queue(0, "run-once=yes")
+        self.assertEqual(final.wait(timeout=600), 0, note)
+        wait_until = time.monotonic() + 60  # orphaned scripts end
+        while time.monotonic() < wait_until and any(
+                r.status in ("running", "pending") for r in self.runs()):
+            time.sleep(0.1)
+        marks = {}
+        for name in os.listdir(self.marks):
+            kind, i, _pid = name.split("-")
+            marks.setdefault((kind, int(i)), []).append(name)
+        trials = [r for r in self.runs() if r.op_desc == "storm.py"]
+        self.assertEqual(sorted(r.flags["i"] for r in trials),
+                         list(range(n)), note)
+        for trial in trials:
+            i, status = trial.flags["i"], trial.status
+            starts = marks.get(("start", i), [])
+            self.assertLessEqual(len(starts), 1, "%s started twice; %s"
+                                 % (trial.id, note))
+            if status == "completed":
+                self.assertEqual(len(marks.get(("end", i), [])), 1, note)
+            elif not starts and trial.id not in killed_trials:
+                # ended without running: only a hard kill of its queue
+                self.assertEqual(status, "error", "%s %s never ran; %s"
+                                 % (trial.id, status, note))
+                self.assertIn("died without recording an exit",
+                              guild._status_reason(trial), note)
+        statuses = {r.status for r in self.runs()}
+        self.assertLessEqual(statuses, {"completed", "error", "terminated"},
+                             note)
+        outputs = [path(self.logs, name) for name in os.listdir(self.logs)]
+        outputs += [r.guild_path("output") for r in self.runs()]
+        for output in outputs:
+            try:
+                with open(output, "rb") as f:
+                    text = f.read().decode("utf-8", "replace")
+            except FileNotFoundError:
+                continue
+            self.assertNotIn("Traceback", text, "%s; %s" % (output, note))
+            self.assertNotIn("Exception ignored", text, note)
+        if os.environ.get("GUILD_STRESS_SECONDS"):
+            print("\n%d kills in %.0f s, %d trials: %s; %s" % (
+                kills, seconds, n, {s: sum(r.status == s for r in trials)
+                                    for s in sorted({r.status
+                                                     for r in trials})},
+                note))
+
+
 @unittest.skipIf(IS_WINDOWS, "POSIX signals")
 class StopTest(GuildTestCase):
     starts_scripts = True  # also run in the fresh-interpreter pass
 
     def start_sleep(self, *args):
         return self.start_guild("run", "-y", *args)
+
+    def test_stop_before_the_script_starts_stages_the_run_again(self):
+        write(path(self.project, "ok.py"), OK_SCRIPT)
+        self.chdir(self.project)
+        self.assertEqual(guild_main("run", "ok.py", "--stage", "-y")[0], 0)
+        [run] = guild.list_runs()
+
+        def stopped(*_args):  # a SIGTERM as the script's process starts
+            raise guild._StopRequested(signal.SIGTERM)
+
+        start = guild._start_script_process
+        guild._start_script_process = stopped
+        self.addCleanup(setattr, guild, "_start_script_process", start)
+        with guild.Lock(guild.RUN_STATUS):
+            self.assertEqual(guild._claim_staged(run), "staged")
+        with self.assertRaises(guild._StopRequested):
+            guild._start_run(run)
+        self.assertEqual(run.status, "staged")
+        self.assertFalse(os.path.exists(run.guild_path("exit.json")))
+        guild._start_script_process = start
+        code, out = self.guild("run", "queue", "run-once=yes", "-y")
+        self.assertEqual(code, 0, out)
+        self.assertEqual(run.status, "completed")
 
     def test_stop_run(self):
         self.copy_sample("sleep.py")
