@@ -58,8 +58,9 @@ file): copy this file freely, keep this notice.
 #          |- script: _run_script()
 #          |     |- _start_script_process(): a fork, or a fresh
 #          |     |     interpreter loading this file; both enter
-#          |     |     _script_process_main(), which runs the script as
-#          |     |     __main__ and records its own exit               [11]
+#          |     |     _script_process_main(), which records itself as
+#          |     |     the run's process, runs the script as __main__
+#          |     |     and records its own exit                        [11]
 #          |     `- _supervise(): relays output, records scalars, passes
 #          |           Ctrl-C, SIGTERM, SIGHUP and USR1 to the script's group
 #          |- batch: _run_batch() or _run_tpe_batch()               [13, 14]
@@ -74,14 +75,17 @@ file): copy this file freely, keep this notice.
 # in its .guild directory [8]; each arrow names the function that makes
 # the file behind the next state.
 #
-#   A new run (_init_run) is staged (--stage, staged trials), or started
-#   at once by _start_run, which records its process (running); then:
+#   A new run (_init_run) is staged (--stage, staged trials), or pending
+#   and started at once by _start_run; a process records itself as the
+#   run's (running) as it starts: a batch or queue's own, a script's
+#   (_record_script_start) just before the script runs. Then:
 #
 #              _claim_staged()            _record_start(),
 #     staged -----------------> pending -----------------> running
-#      ^  ^                        |      _mark_started()    |   |
-#      |  `------------------------'                         |   |
-#      |   _restage_dead_claims(): its claimer died          |   |
+#      ^  ^  ^                     |  |   _mark_started()    |   |
+#      |  |  `---------------------'  |                      |   |
+#      |  |   _restage_dead_claims(): its claimer died       |   |
+#      |  `-- _restage_unstarted(): stopped before the start |   |
 #      `----------- _restage_in_place(): preempted (USR1) ---'   |
 #                                                                |
 #                     _record_script_exit(), or _start_run()'s end
@@ -149,6 +153,16 @@ _INTERPRETER_STDOUT_ERRORS = getattr(sys.stdout, "errors", None)
 _OWN_PATH_ENTRY = (sys.path.pop(0) if __name__ == "__main__" and sys.path
                    else None)
 
+import signal
+
+# Ctrl-C while this file loads as a program ends it as SIGINT's default
+# action does, quietly, not with a traceback of whatever line it was
+# loading; the entry (section 22) gives SIGINT back to Python's handler.
+_QUIET_LOAD = __name__ == "__main__" and (
+    signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+if _QUIET_LOAD:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
 # logging and subprocess are imported where they are used: together they
 # cost a plain run a fifth of an interpreter's start-up, and it needs neither.
 import argparse
@@ -168,7 +182,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import struct
 import threading
 import time
@@ -551,12 +564,12 @@ def _raise_stop(signum, _frame):
 # and SIGHUP, which its terminal closing sends.
 _STOP_SIGNALS = () if IS_WINDOWS else ("SIGTERM", "SIGHUP")
 
-# Stop signals held back: while the script's process is started and
-# recorded, a stop must neither land inside os.fork (where Python prints
-# and drops an exception raised by a handler) nor between the start and
-# the record (a script running unrecorded, or a record of no script). The
-# held signal is taken once the watcher's handler is in place; a child
-# inherits the hold and lets go once its handlers are the script's.
+# Stop signals held back: while the script's process is started, a stop
+# must neither land inside os.fork (where Python prints and drops an
+# exception raised by a handler) nor between the start and the watch (a
+# script's process nobody watches). The held signal is taken once the
+# watcher's handler is in place; a child inherits the hold and lets go
+# once its handlers are the script's.
 _HELD_SIGNALS = () if IS_WINDOWS or not hasattr(
     signal, "pthread_sigmask") else tuple(
         getattr(signal, n) for n in ("SIGINT",) + _STOP_SIGNALS)
@@ -3017,6 +3030,15 @@ def _claim_staged(run):
     return status
 
 
+def _record_start(run, record):
+    """Record the process running a run: from here it is running, or if
+    that process dies, error; never staged again. A batch or a queue is
+    recorded by its own process; a script's process records itself, as
+    the script starts (_record_script_start)."""
+    _write_json(run.guild_path(PROC_ATTRS), record)
+    _mark_started(run)
+
+
 def _mark_started(run):
     """Drop a run's staged state once its process record is written."""
     _remove(run.guild_path(STAGED_MARKER))
@@ -3972,15 +3994,18 @@ def _script_process_main(words):
     else:
         code = _compile_script(source, path, json.loads(arg))
     own_pid = os.getpid()
-    watcher = os.environ.pop(WATCHER_ENV, None)
-    if watcher:
-        _die_with(int(watcher))
+    record = os.environ.pop(RECORD_ENV, None)
+    if record:
+        record = json.loads(record)
+        _die_with(record["pid"])
     if what == "run":  # in the run's directory, writing its output
         _tag_stderr(os.path.abspath(".guild"))
     _set_script_path(os.path.dirname(os.path.abspath(script)))
     sys.argv = [script] + args
     if hasattr(sys, "orig_argv"):  # 3.10+: as `python SCRIPT ARG...` has it
         sys.orig_argv = [sys.executable] + sys.argv  # novermin
+    if record and not _record_script_start(record):
+        return 1  # its watcher was stopped first: the run never started
     status = _exec_as_main(code, path)
     try:
         _end_process()
@@ -3997,7 +4022,27 @@ def _script_process_main(words):
     return status
 
 
-WATCHER_ENV = "GUILD_WATCHER_PID"  # taken out before the script runs
+# The record of the run's process (proc.json) as its watcher starts it:
+# the script's process adds itself (child) and writes it as the script
+# starts. Taken out of the environment before the script runs.
+RECORD_ENV = "GUILD_RUN_RECORD"
+
+
+def _record_script_start(record):
+    """Record this process as the run's, just before the script runs,
+    unless the watcher (record["pid"]) let the run go: a stop reached it
+    first (see _end_unstarted). The status lock makes the two exclusive:
+    the script starts recorded, or not at all. Returns True if recorded."""
+    run = Run(os.environ["RUN_ID"], os.environ["RUN_DIR"])
+    record["child"] = _process_owner(os.getpid())
+    with Lock(RUN_STATUS, timeout=60):
+        claim = _read_dict(run.guild_path(PENDING_CLAIM))
+        if claim.get("pid") != record["pid"] or os.path.lexists(
+                run.guild_path(PROC_ATTRS)):
+            return False
+        _record_start(run, record)
+    return True
+
 
 if sys.platform.startswith("linux"):
 
@@ -4554,19 +4599,22 @@ def _startable_attrs(run):
 def _start_run(run, gpus=None):
     """Run a claimed or new run to its end; return its exit status.
 
-    Records the process first (running), then how it ended. A stop
-    request (SIGTERM, Ctrl-C) ends the run 'terminated' and propagates.
+    Records the process (running: a batch or queue here, a script's
+    process itself as the script starts), then how it ended. A stop
+    request (SIGTERM, Ctrl-C, SIGHUP) ends the run 'terminated' and
+    propagates; one that came before the script started stages a staged
+    run again (a foreground run ends terminated, never having run).
     """
     attrs = _startable_attrs(run)
     kind = attrs["op"]["kind"]
-    was_staged = os.path.exists(run.guild_path(STAGED_MARKER))
     record = dict(_process_owner(), started=_timestamp())
     slurm = _slurm_task()
     if slurm:  # a restarted task finds what its earlier self left
         record["slurm"] = slurm
     _index_move("claims", _index_name(run.id, attrs.get("created")),
                 "running", run.id, keep=True)
-    _record_start(run, record)
+    if kind != "script":  # a script's process records itself (section 11)
+        _record_start(run, record)
     gpus = attrs.get("gpus") if gpus is None else gpus
     stop = None
     exit_status = 1
@@ -4595,15 +4643,19 @@ def _start_run(run, gpus=None):
             out.close()
         status = _exit_status_name(exit_status, stop is not None)
         recorded = _read_json(run.guild_path(EXIT_ATTRS))
-        if stop is not None and was_staged and kind == "script" and \
-                "child" not in _read_dict(run.guild_path(PROC_ATTRS)):
+        unstarted = not os.path.lexists(run.guild_path(PROC_ATTRS))
+        if unstarted and stop is not None and os.path.exists(
+                run.guild_path(STAGED_MARKER)):
             _restage_unstarted(run, attrs)  # stopped before it started
-        elif not isinstance(recorded, dict) or (
-                recorded.get("exit_status"), recorded.get("status")) != (
-                exit_status, status):  # the script's own record may do
-            _write_json(run.guild_path(EXIT_ATTRS), {
-                "exit_status": exit_status, "stopped": _timestamp(),
-                "status": status})
+        else:
+            if not isinstance(recorded, dict) or (
+                    recorded.get("exit_status"), recorded.get("status")) != (
+                    exit_status, status):  # the script's own record may do
+                _write_json(run.guild_path(EXIT_ATTRS), {
+                    "exit_status": exit_status, "stopped": _timestamp(),
+                    "status": status})
+            if unstarted:  # it ended as it was starting: not pending
+                _mark_started(run)
         _index_drop("running", run.id)
     if stop is not None:
         raise stop
@@ -4611,27 +4663,15 @@ def _start_run(run, gpus=None):
 
 
 def _restage_unstarted(run, attrs):
-    """Stage again a run that a stop reached before its script started:
-    a gentle stop keeps what a hard one (kill -9) keeps."""
+    """Stage again a staged run that a stop reached before its script
+    started: a gentle stop keeps what a hard one (kill -9) keeps. Its
+    STAGED marker is still there; the claim goes."""
     with Lock(RUN_STATUS, timeout=60):
-        proc = _read_dict(run.guild_path(PROC_ATTRS))
-        if "child" in proc or proc.get("pid") != os.getpid():
-            return  # started after all, or not ours
-        with open(run.guild_path(STAGED_MARKER), "a"):
-            pass
-        name = _index_name(run.id, attrs.get("created"))
-        _index_put("staged", name, {})
-        _index_drop("claims", name)
-        _remove(run.guild_path(PROC_ATTRS))
-    log.info("Run %s was stopped before it started; it is staged again",
-             run.id)
-
-
-def _record_start(run, record):
-    """Record the process running a run: from here it is running, or if
-    that process dies, error; never staged again."""
-    _write_json(run.guild_path(PROC_ATTRS), record)
-    _mark_started(run)
+        _release_claim(run)
+        _index_move("claims", _index_name(run.id, attrs.get("created")),
+                    "staged")
+    log.info("Run %s was stopped before its script started; it is staged "
+             "again", run.id)
 
 
 def _script_words(attrs):
@@ -4661,12 +4701,13 @@ def _run_script(run, attrs, gpus, record):
     to its end; return its exit status."""
     env = dict(os.environ, RUN_DIR=run.dir, RUN_ID=run.id,
                GUILD_HOME=_guild_home(), PYTHONUNBUFFERED="1")
-    env[WATCHER_ENV] = str(os.getpid())  # the script dies with its watcher
     if _STATE.notice_handled:  # the script may checkpoint when it gets this
         env["GUILD_PREEMPT_SIGNAL"] = "USR1"
     if gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpus)
     words, command = _script_words(attrs)
+    # The script's process records itself, and dies with this one.
+    env[RECORD_ENV] = json.dumps(dict(record, command=command))
     output_path = run.guild_path(OUTPUT_FILE)
     recorder = _ScalarRecorder(run.guild_path(SCALARS_FILE))
     _hold_stops()  # until _supervise's handler takes them (see above)
@@ -4677,18 +4718,13 @@ def _run_script(run, attrs, gpus, record):
             streams = _StderrSpans(run.dir, offset, recorder.feed)
             proc = _start_script_process(words, run.dir, env, out.fileno(),
                                          _fork_possible())
-        record.update(child=_process_owner(proc.pid), command=command)
-        try:
-            _write_json(run.guild_path(PROC_ATTRS), record)
-        except BaseException:
-            _signal_process_group(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise
         stop_after = attrs.get("stop_after")
         try:
             return _supervise(proc, output_path, offset, streams.feed,
                               stop_after and
-                              time.monotonic() + stop_after * 60)
+                              time.monotonic() + stop_after * 60,
+                              lambda exited: _end_unstarted(run, proc,
+                                                            exited))
         finally:
             streams.close()
     finally:
@@ -4696,10 +4732,32 @@ def _run_script(run, attrs, gpus, record):
         _hold_stops(False)
 
 
-def _supervise(proc, output_path, offset, on_output, deadline=None):
+def _end_unstarted(run, proc, exited):
+    """End a script's process that has not recorded its start, on a stop
+    (see _record_script_start); True if it had not, False if the script
+    started. Under the status lock, which the process takes to record
+    itself: it is ended before it can, or it has."""
+    with Lock(RUN_STATUS, timeout=60):
+        if os.path.lexists(run.guild_path(PROC_ATTRS)):
+            return False
+        if not exited.is_set():
+            try:
+                proc.kill()
+            except OSError:
+                pass
+            exited.wait(10)
+    return True
+
+
+def _supervise(proc, output_path, offset, on_output, deadline=None,
+               end_unstarted=None):
     """Show the script's output as it grows until it exits; pass each new
     piece to on_output too. At deadline (time.monotonic()), if given, the
     script's process group gets SIGTERM (run --stop-after).
+
+    A stop that comes before the script is known to have started goes to
+    end_unstarted(exited), if given: it ends the process unless the
+    script started (True), else the stop is the script's, as below.
 
     Ctrl-C and SIGTERM are forwarded to the script's process group (a
     second one kills it) and, once it has exited, raised as a stop: the
@@ -4712,11 +4770,13 @@ def _supervise(proc, output_path, offset, on_output, deadline=None):
                               daemon=True)
     waiter.start()
     stops = []
+    starting = [end_unstarted is not None]
 
     def forward(signum, _frame):
         stops.append(signum)
-        _signal_process_group(proc.pid, signal.SIGKILL if len(stops) > 1
-                              and not IS_WINDOWS else signum)
+        if not starting[0]:
+            _signal_process_group(proc.pid, signal.SIGKILL if len(stops) > 1
+                                  and not IS_WINDOWS else signum)
 
     delay = 0.005
     _STATE.notice_script_pid = proc.pid
@@ -4724,6 +4784,10 @@ def _supervise(proc, output_path, offset, on_output, deadline=None):
         f.seek(offset)
         while True:
             done = exited.wait(delay)
+            if stops and starting[0]:
+                starting[0] = False
+                if not end_unstarted(exited):  # started: the stop is its
+                    forward(stops.pop(), None)
             _beat()  # at most every beat interval; else a clock read
             if _STATE.notice_at is not None and not done:
                 _Notice.deliver()  # again, if the script had no group yet
@@ -5701,9 +5765,10 @@ def _run_queue(queue_run, attrs):
             if e.signum != getattr(signal, "SIGUSR1", None):
                 raise
             with Lock(RUN_STATUS, timeout=60):
-                _restage_interrupted(run, "preempted (USR1%s)" % (
-                    ", slurm " + _slurm_task_name(task) if task else ""),
-                    max_requeues)
+                if run.status != "staged":  # else it never started
+                    _restage_interrupted(run, "preempted (USR1%s)" % (
+                        ", slurm " + _slurm_task_name(task) if task
+                        else ""), max_requeues)
             break
         except (RunError, OSError) as e:
             if isinstance(e, OSError) and not str(e.filename).startswith(
@@ -9888,6 +9953,8 @@ run = _namespace(
 # Software. THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND.
 
 if __name__ == "__main__":
+    if _QUIET_LOAD:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if sys.argv[1:2] == [SCRIPT_PROCESS_ARG]:  # a fresh script's process
         sys.exit(_script_process_main(sys.argv[2:]))
     # Register this module as `guild` so later imports share one copy.

@@ -349,6 +349,16 @@ class GuildTestCase(unittest.TestCase):
     def runs(self):
         return guild.list_runs(path(self.home, "runs"))
 
+    def wait_for(self, predicate, timeout=60, what="it"):
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                self.fail("timed out waiting for %s" % what)
+            time.sleep(0.05)
+
     def start_guild(self, *args, until=b"sleeping", new_group=False):
         """Start `guild ARGS` in the background (with new_group, as a
         shell starts a command: in a process group of its own); return it
@@ -2846,54 +2856,6 @@ class QueueScaleTest(GuildTestCase):
                     for r in self.trials()}
         self.assertGreaterEqual(len(starters), 4)  # the queues shared them
 
-    @unittest.skipIf(IS_WINDOWS, "POSIX signals")
-    def test_queues_killed_at_random_lose_nothing(self):
-        import random
-        rnd = random.Random(4)
-        self.stage_marks(120)
-        # Trials of 0.1 s: four queues need 3 s for all, so the kills (2.4 s
-        # of them) land while trials are claimed, started and running.
-        self.env["MARK_SECONDS"] = "0.1"
-        queues = [self.start_queue("ignore-running=yes", "poll-interval=1")
-                  for _ in range(4)]
-        for _ in range(12):
-            time.sleep(rnd.uniform(0.05, 0.4))
-            victim = queues.pop(rnd.randrange(len(queues)))
-            victim.kill()
-            victim.wait()
-            queues.append(self.start_queue("ignore-running=yes",
-                                           "poll-interval=1"))
-        self.assertLess(len(os.listdir(self.marks)), 120)
-        for q in queues:
-            q.kill()
-            q.wait(timeout=60)
-        self.wait_not_running()
-        final = self.start_queue("run-once=yes", "ignore-running=yes")
-        self.assertEqual(final.wait(timeout=300), 0)
-        self.wait_not_running()
-        marks = self.marks_by_trial()
-        by_status = {}
-        for trial in self.trials():
-            by_status.setdefault(trial.status, []).append(trial)
-            i = trial.flags["i"]
-            self.assertLessEqual(len(marks.get(i, [])), 1, trial)
-            if trial.status == "completed":
-                self.assertEqual(len(marks[i]), 1)
-            elif trial.status == "error":  # its queue died as it began
-                self.assertIn("died without recording an exit",
-                              guild._status_reason(trial))
-        self.assertLessEqual(set(by_status), {"completed", "error"})
-        # A killed queue's script dies with it (issue 9): each of the 12
-        # kills may end the one trial its queue was running, no more.
-        self.assertLessEqual(len(by_status.get("error", [])), 12)
-        if os.environ.get("GUILD_TEST_VERBOSE"):
-            print({k: len(v) for k, v in by_status.items()},
-                  sorted(r.status for r in self.runs()
-                         if r.op_desc == "queue"))
-        code, out = self.guild("runs", "-a")
-        self.assertNotIn(" staged ", out)
-        self.assertNotIn(" pending ", out)
-
     def test_staged_run_claimed_by_dead_process_is_staged_again(self):
         self.stage_marks(1)
         [trial] = self.trials()
@@ -3023,6 +2985,160 @@ class QueueScaleTest(GuildTestCase):
         self.assertEqual(out.count("completed"), 4)  # 2 trials, batch, q
         self.guild("runs", "delete", "-y", "1")
         self.assertEqual(len(self.guild("runs")[1].splitlines()), 3)
+
+
+STORM_SCRIPT = """\
+import os, time
+i = 0
+marks = os.environ["MARKS"]
+open(os.path.join(marks, "start-%s-%s" % (i, os.getpid())), "w").close()
+time.sleep(float(os.environ.get("MARK_SECONDS", "0")))
+open(os.path.join(marks, "end-%s-%s" % (i, os.getpid())), "w").close()
+print("loss: %s" % i)
+"""
+STORM_CTRL_C = re.compile(r'Traceback \(most recent call last\):\n'
+                          r'(  File "storm\.py".*\n(    .*\n)*)+'
+                          r'KeyboardInterrupt\n')
+
+
+@unittest.skipIf(IS_WINDOWS, "POSIX signals")
+class KillStormTest(GuildTestCase):
+    """Queues and trials killed with SIGKILL, SIGTERM and SIGINT, to pids
+    and to process groups, at random moments, killed queues restarted: no
+    trial starts twice, none is lost or left stuck, no output holds a
+    traceback. A few seconds here, in both start modes (the two passes of
+    make test); `make stress` runs it longer (GUILD_STRESS_SECONDS,
+    GUILD_STRESS_SEED, GUILD_STRESS_TRIALS, GUILD_STRESS_QUEUES)."""
+    starts_scripts = True  # also run in the fresh-interpreter pass
+
+    def start_queue(self, n, *flags):
+        log = open(path(self.logs, "queue-%d.log" % n), "wb")
+        self.addCleanup(log.close)
+        queue = subprocess.Popen(
+            [sys.executable, GUILD_PY, "run", "queue", "-y",
+             "ignore-running=yes"] + list(flags), cwd=self.project,
+            env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            preexec_fn=_default_sigint, start_new_session=True)
+        queue.log = log.name
+        return queue
+
+    def running_trials(self):
+        """[(script pid, run id)] of the trials running."""
+        pids = []
+        for run in self.runs():
+            child = guild._read_dict(run.guild_path("proc.json")).get(
+                "child")
+            if run.op_desc == "storm.py" and isinstance(child, dict) and \
+                    run.status == "running":
+                pids.append((child["pid"], run.id))
+        return pids
+
+    def storm(self, rnd, seconds, queue_count):
+        """Kill queues and trials at random for seconds, restarting the
+        killed queues; then stop the queues left gently. Returns the
+        number of kills and the ids of the trials killed directly."""
+        started = [0]
+
+        def queue():
+            started[0] += 1
+            return self.start_queue(started[0], "poll-interval=0.2")
+
+        queues = [queue() for _ in range(queue_count)]
+        deadline = time.monotonic() + seconds
+        kills, killed_trials = 0, set()
+        while time.monotonic() < deadline:
+            time.sleep(rnd.uniform(0.01, 0.25))
+            signum = rnd.choice([signal.SIGKILL, signal.SIGTERM,
+                                 signal.SIGINT])
+            pids = self.running_trials() if rnd.random() < 0.3 else []
+            if pids:
+                pid, run_id = rnd.choice(pids)
+                killed_trials.add(run_id)
+            else:
+                victim = queues.pop(rnd.randrange(len(queues)))
+                pid = victim.pid
+                if signum == signal.SIGINT and not cat_file(victim.log):
+                    # Ctrl-C as the interpreter itself starts: its own
+                    # traceback, before guild's first line runs
+                    signum = signal.SIGTERM
+            try:
+                (os.killpg if rnd.random() < 0.5 else os.kill)(pid, signum)
+            except OSError:
+                pass
+            kills += 1
+            if not pids:
+                victim.wait(timeout=60)
+                queues.append(queue())
+        for q in queues:  # gently: they end their runs and stop
+            q.send_signal(signal.SIGTERM)
+            q.wait(timeout=60)
+        return kills, killed_trials
+
+    def test_kill_storm_loses_nothing_and_starts_nothing_twice(self):
+        seed = int(os.environ.get("GUILD_STRESS_SEED") or
+                   random.randrange(10 ** 6))
+        seconds = float(os.environ.get("GUILD_STRESS_SECONDS") or 2)
+        n = int(os.environ.get("GUILD_STRESS_TRIALS") or 24)
+        rnd = random.Random(seed)
+        note = "seed %d (GUILD_STRESS_SEED=%d to repeat)" % (seed, seed)
+        write(path(self.project, "storm.py"), STORM_SCRIPT)
+        code, out = self.guild("run", "storm.py", "i=range[0:%d]" % (n - 1),
+                               "--stage-trials", "-y")
+        self.assertEqual(code, 0, out)
+        self.marks, self.logs = mkdtemp(), mkdtemp()
+        self.env = dict(os.environ, GUILD_HOME=self.home, MARKS=self.marks,
+                        MARK_SECONDS="0.05")
+        kills, killed_trials = self.storm(rnd, seconds, int(
+            os.environ.get("GUILD_STRESS_QUEUES") or 3))
+        final = self.start_queue(0, "run-once=yes")
+        self.assertEqual(final.wait(timeout=600), 0, note)
+        marks = {}
+        for name in os.listdir(self.marks):
+            kind, i, _pid = name.split("-")
+            marks.setdefault((kind, int(i)), []).append(name)
+        runs = self.runs()
+        trials = [r for r in runs if r.op_desc == "storm.py"]
+        self.assertEqual(sorted(r.flags["i"] for r in trials),
+                         list(range(n)), note)  # none lost, none unborn
+        self.assertEqual([(r.id, r.op_desc) for r in runs if guild._damage(r)],
+                         [], note)
+        for trial in trials:
+            i, status = trial.flags["i"], trial.status
+            starts = marks.get(("start", i), [])
+            self.assertLessEqual(len(starts), 1, "%s started twice; %s"
+                                 % (trial.id, note))
+            if status == "completed":
+                self.assertEqual(len(marks.get(("end", i), [])), 1, note)
+                continue
+            self.assertIn(status, ("error", "terminated"), note)
+            # Ended without completing: it started (its process recorded
+            # itself before its script ran), and it was killed, or its
+            # queue was (killed, its script dies with it; stopped, its
+            # script is stopped); a stop before the start stages it again.
+            child = guild._read_dict(trial.guild_path("proc.json")).get(
+                "child")
+            self.assertIsInstance(child, dict, "%s %s never started: %s %r; %s"
+                                  % (trial.id, status, guild._read_dict(
+                                      trial.guild_path("exit.json")),
+                                     cat_file(trial.guild_path("output")),
+                                     note))
+            if status == "error" and trial.id not in killed_trials:
+                self.assertIn("died without recording an exit",
+                              guild._status_reason(trial), note)
+        self.assertLessEqual({r.status for r in runs},
+                             {"completed", "error", "terminated"}, note)
+        outputs = [path(self.logs, name) for name in os.listdir(self.logs)]
+        outputs += [r.guild_path("output") for r in runs]
+        for output in outputs:  # a script Ctrl-C'd shows where, as Python
+            text = STORM_CTRL_C.sub("", cat_file(output))
+            self.assertNotIn("Traceback", text, "%s; %s" % (output, note))
+            self.assertNotIn("Exception ignored", text, note)
+        if os.environ.get("GUILD_STRESS_SECONDS"):
+            print("\n%d kills in %.0f s, %d trials: %s; %s" % (
+                kills, seconds, n, {s: sum(r.status == s for r in trials)
+                                    for s in sorted({r.status
+                                                     for r in trials})},
+                note))
 
 
 # ---------------------------------------------------------------------------
@@ -3346,16 +3462,6 @@ class SlurmTest(GuildTestCase):
         return [t for job in jobs for t in tasks.get(str(job), ())
                 if t[1] in guild.ACTIVE_SLURM_STATES]
 
-    def wait_for(self, predicate, timeout=60, what="it"):
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                self.fail("timed out waiting for %s" % what)
-            time.sleep(0.05)
-
     def stage(self, n, script=CHECKPOINTED, **flags):
         write(path(self.project, "train.py"), script)
         return [guild.create_run("train.py", flags, cwd=self.project,
@@ -3528,142 +3634,6 @@ class SlurmTest(GuildTestCase):
         self.assertIn(b"ExitCode=3:0", show.stdout)
 
 
-STORM_SCRIPT = """\
-import os, time
-i = 0
-marks = os.environ["MARKS"]
-open(os.path.join(marks, "start-%s-%s" % (i, os.getpid())), "w").close()
-time.sleep(float(os.environ.get("MARK_SECONDS", "0")))
-open(os.path.join(marks, "end-%s-%s" % (i, os.getpid())), "w").close()
-print("loss: %s" % i)
-"""
-
-
-class KillStormTest(GuildTestCase):
-    """Queues and trials killed with SIGKILL and SIGTERM, to pids and to
-    process groups, at random moments, killed queues restarted: no trial
-    starts twice, none is lost or left stuck, no output holds a traceback.
-    Short here (in both start modes, by the two passes of make test);
-    `make stress` runs it longer (GUILD_STRESS_SECONDS, GUILD_STRESS_SEED,
-    GUILD_STRESS_TRIALS)."""
-    starts_scripts = True  # also run in the fresh-interpreter pass
-
-    def start_queue(self, n, *flags):
-        log = open(path(self.logs, "queue-%d.log" % n), "wb")
-        self.addCleanup(log.close)
-        return subprocess.Popen(
-            [sys.executable, GUILD_PY, "run", "queue", "-y",
-             "ignore-running=yes"] + list(flags), cwd=self.project,
-            env=self.env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
-
-    def running_trials(self):
-        """[(script pid, run id)] of the trials running."""
-        pids = []
-        for run in self.runs():
-            proc = guild._read_dict(run.guild_path("proc.json"))
-            child = proc.get("child")
-            if run.op_desc == "storm.py" and isinstance(child, dict) and \
-                    run.status == "running":
-                pids.append((child["pid"], run.id))
-        return pids
-
-    @unittest.skipIf(IS_WINDOWS, "POSIX signals")
-    def test_kill_storm_loses_nothing_and_starts_nothing_twice(self):
-        seed = int(os.environ.get("GUILD_STRESS_SEED") or
-                   random.randrange(10 ** 6))
-        seconds = float(os.environ.get("GUILD_STRESS_SECONDS") or 3)
-        n = int(os.environ.get("GUILD_STRESS_TRIALS") or 40)
-        rnd = random.Random(seed)
-        note = "seed %d (GUILD_STRESS_SEED=%d to repeat)" % (seed, seed)
-        write(path(self.project, "storm.py"), STORM_SCRIPT)
-        code, out = self.guild("run", "storm.py", "i=range[0:%d]" % (n - 1),
-                               "--stage-trials", "-y")
-        self.assertEqual(code, 0, out)
-        self.marks, self.logs = mkdtemp(), mkdtemp()
-        self.env = dict(os.environ, GUILD_HOME=self.home, MARKS=self.marks,
-                        MARK_SECONDS="0.05")
-        started = [0]
-
-        def queue():
-            started[0] += 1
-            return self.start_queue(started[0], "poll-interval=0.2")
-
-        queues = [queue() for _ in range(3)]
-        deadline = time.monotonic() + seconds
-        kills, killed_trials = 0, set()
-        while time.monotonic() < deadline:
-            time.sleep(rnd.uniform(0.01, 0.25))
-            signum = rnd.choice([signal.SIGKILL, signal.SIGTERM])
-            to_group = rnd.random() < 0.5
-            pids = self.running_trials() if rnd.random() < 0.3 else []
-            if pids:
-                pid, run_id = rnd.choice(pids)
-                killed_trials.add(run_id)
-            else:
-                victim = queues.pop(rnd.randrange(len(queues)))
-                pid = victim.pid
-            try:
-                if to_group:
-                    os.killpg(pid, signum)
-                else:
-                    os.kill(pid, signum)
-            except OSError:
-                pass
-            kills += 1
-            if not pids:
-                victim.wait(timeout=60)
-                queues.append(queue())
-        for q in queues:  # gently: they end their runs and stop
-            q.send_signal(signal.SIGTERM)
-            q.wait(timeout=60)
-        final = self.start_queue(0, "run-once=yes")
-        self.assertEqual(final.wait(timeout=600), 0, note)
-        wait_until = time.monotonic() + 60  # orphaned scripts end
-        while time.monotonic() < wait_until and any(
-                r.status in ("running", "pending") for r in self.runs()):
-            time.sleep(0.1)
-        marks = {}
-        for name in os.listdir(self.marks):
-            kind, i, _pid = name.split("-")
-            marks.setdefault((kind, int(i)), []).append(name)
-        trials = [r for r in self.runs() if r.op_desc == "storm.py"]
-        self.assertEqual(sorted(r.flags["i"] for r in trials),
-                         list(range(n)), note)
-        for trial in trials:
-            i, status = trial.flags["i"], trial.status
-            starts = marks.get(("start", i), [])
-            self.assertLessEqual(len(starts), 1, "%s started twice; %s"
-                                 % (trial.id, note))
-            if status == "completed":
-                self.assertEqual(len(marks.get(("end", i), [])), 1, note)
-            elif not starts and trial.id not in killed_trials:
-                # ended without running: only a hard kill of its queue
-                self.assertEqual(status, "error", "%s %s never ran; %s"
-                                 % (trial.id, status, note))
-                self.assertIn("died without recording an exit",
-                              guild._status_reason(trial), note)
-        statuses = {r.status for r in self.runs()}
-        self.assertLessEqual(statuses, {"completed", "error", "terminated"},
-                             note)
-        outputs = [path(self.logs, name) for name in os.listdir(self.logs)]
-        outputs += [r.guild_path("output") for r in self.runs()]
-        for output in outputs:
-            try:
-                with open(output, "rb") as f:
-                    text = f.read().decode("utf-8", "replace")
-            except FileNotFoundError:
-                continue
-            self.assertNotIn("Traceback", text, "%s; %s" % (output, note))
-            self.assertNotIn("Exception ignored", text, note)
-        if os.environ.get("GUILD_STRESS_SECONDS"):
-            print("\n%d kills in %.0f s, %d trials: %s; %s" % (
-                kills, seconds, n, {s: sum(r.status == s for r in trials)
-                                    for s in sorted({r.status
-                                                     for r in trials})},
-                note))
-
-
 @unittest.skipIf(IS_WINDOWS, "POSIX signals")
 class StopTest(GuildTestCase):
     starts_scripts = True  # also run in the fresh-interpreter pass
@@ -3671,6 +3641,7 @@ class StopTest(GuildTestCase):
     def start_sleep(self, *args):
         return self.start_guild("run", "-y", *args)
 
+    @any_start_mode
     def test_stop_before_the_script_starts_stages_the_run_again(self):
         write(path(self.project, "ok.py"), OK_SCRIPT)
         self.chdir(self.project)
@@ -3693,6 +3664,40 @@ class StopTest(GuildTestCase):
         code, out = self.guild("run", "queue", "run-once=yes", "-y")
         self.assertEqual(code, 0, out)
         self.assertEqual(run.status, "completed")
+
+    def test_queue_stopped_as_its_script_starts_stages_the_run_again(self):
+        # The script's process is held before it records itself (its
+        # script is a FIFO it waits to read, as a slow start would wait):
+        # a SIGTERM to the queue then ends that process, and the run is
+        # staged again, never having run.
+        write(path(self.project, "ok.py"), OK_SCRIPT)
+        code, out = self.guild("run", "ok.py", "--stage", "-y")
+        self.assertEqual(code, 0, out)
+        [run] = self.runs()
+        script = path(run.dir, "ok.py")
+        os.remove(script)
+        os.mkfifo(script)
+        queue = subprocess.Popen(
+            [sys.executable, GUILD_PY, "run", "queue", "run-once=yes",
+             "-y"], cwd=self.project, env=dict(os.environ,
+                                               GUILD_HOME=self.home),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.addCleanup(queue.stdout.close)
+        self.wait_for(lambda: run.status != "staged", what="the claim")
+        time.sleep(0.2)  # its script's process waits for the FIFO
+        queue.send_signal(signal.SIGTERM)
+        out = queue.communicate(timeout=60)[0].decode()
+        self.assertEqual(queue.returncode, 128 + signal.SIGTERM, out)
+        self.assertEqual(run.status, "staged")
+        self.assertIn("stopped before its script started", out)
+        self.assertNotIn("Traceback", out)
+        for name in ("proc.json", "exit.json", "PENDING"):
+            self.assertFalse(os.path.exists(run.guild_path(name)), name)
+        self.assertEqual(cat_file(run.guild_path("output")), "")
+        os.remove(script)
+        write(script, OK_SCRIPT)
+        code, out = self.guild("run", "queue", "run-once=yes", "-y")
+        self.assertEqual((code, run.status), (0, "completed"), out)
 
     def test_stop_run(self):
         self.copy_sample("sleep.py")

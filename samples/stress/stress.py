@@ -4,8 +4,10 @@
 
 Runs the storm in both start modes (scripts forked, then in fresh
 interpreters, GUILD_NO_FORK=1) for SECONDS each (default 60, or
-GUILD_STRESS_SECONDS), with GUILD_STRESS_TRIALS trials (default 400). The
-seed is printed first; GUILD_STRESS_SEED=N repeats a storm.
+GUILD_STRESS_SECONDS), with GUILD_STRESS_TRIALS trials (default 400) and
+GUILD_STRESS_QUEUES queues (default 3). The seed is printed first;
+GUILD_STRESS_SEED=N repeats a storm (the same random choices; when
+each kill lands depends on the machine).
 """
 
 import os
