@@ -2997,7 +2997,7 @@ open(os.path.join(marks, "end-%s-%s" % (i, os.getpid())), "w").close()
 print("loss: %s" % i)
 """
 STORM_CTRL_C = re.compile(r'Traceback \(most recent call last\):\n'
-                          r'(  File "storm\.py".*\n(    .*\n)*)+'
+                          r'(  File "([^"]*/)?storm\.py".*\n(    .*\n)*)+'
                           r'KeyboardInterrupt\n')
 
 
