@@ -5083,6 +5083,12 @@ def _try_run_staged_trial(trial_run, batch_run, status_lock):
     return _start_run(trial_run)
 
 
+def _batch_trial_summaries(batch_run):
+    """A batch's trials as the store lists them, oldest first."""
+    return sorted((x for x in run_summaries() if x["batch"] == batch_run.id),
+                  key=lambda x: (x["created"] or 0, x["id"]))
+
+
 def _run_trial(trial, batch_run, attrs):
     """Run a staged trial of batch_run; False if its failure stops the
     batch (--fail-on-trial-error)."""
@@ -5123,18 +5129,25 @@ def _run_batch(batch_run, attrs):
         log.info("Stopping batch")
         raise
     finally:
-        _log_batch_finished([t.status for t in trials])
+        made = {t.id for t in trials}
+        _log_batch_finished([t.status for t in trials], sum(
+            1 for x in _batch_trial_summaries(batch_run)
+            if x["id"] not in made and x["status"] == "staged"))
 
 
-def _log_batch_finished(statuses):
-    """The batch's closing line, from the statuses of its trials."""
+def _log_batch_finished(statuses, earlier_staged=0):
+    """The batch's closing line, from the statuses of its trials, and the
+    number of trials an earlier start left staged (a restart makes new
+    trials; the old ones still wait for a queue)."""
     counts = {}
     for status in statuses:
         counts[status] = counts.get(status, 0) + 1
-    log.info("Batch finished: %d completed, %d failed, %d staged%s",
+    log.info("Batch finished: %d completed, %d failed, %d staged%s%s",
              counts.get("completed", 0), counts.get("error", 0),
              counts.get("staged", 0), ", %d terminated" % counts[
-                 "terminated"] if counts.get("terminated") else "")
+                 "terminated"] if counts.get("terminated") else "",
+             " (and %d staged by an earlier start)" % earlier_staged
+             if earlier_staged else "")
 
 
 # ---------------------------------------------------------------------------
@@ -5383,12 +5396,6 @@ def _trial_loss(summary, scalar, maximize):
             not math.isfinite(val):
         return None
     return -val if maximize else val
-
-
-def _batch_trial_summaries(batch_run):
-    """A batch's trials as the store lists them, oldest first."""
-    return sorted((x for x in run_summaries() if x["batch"] == batch_run.id),
-                  key=lambda x: (x["created"] or 0, x["id"]))
 
 
 _UNFINISHED = ("staged", "pending", "running")
@@ -9066,8 +9073,11 @@ def _selected_text(args, x, run):
     if args.short_id:
         return run.short_id
     if args.attr:
+        missing = object()
         val = _attr_value(x, args.attr, _timestamp()) if args.attr in \
-            COMPARE_ATTRS else run.get(args.attr)
+            COMPARE_ATTRS else run.get(args.attr, missing)
+        if val is missing:
+            raise RunError("no such run attribute '%s'" % args.attr)
         return val if isinstance(val, str) else _select_attr_text(val)
     return run.id
 

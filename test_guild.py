@@ -4491,6 +4491,8 @@ class CompareSelectTest(GuildTestCase):
                                     "operation"), (0, "fit.py+\n"))
         self.assertEqual(self.guild("select", "1", "-a", "flags")[1],
                          "epochs: 3\nlr: 0.2\n")
+        self.assertGuildError(self.guild("select", "1", "-a", "nosuch"),
+                              "no such run attribute 'nosuch'")
         self.assertGuildError(self.guild("select", "1:2"),
                               "1:2 match 2 runs")
         self.assertGuildError(self.guild("select", "-Fo", "nope"),
