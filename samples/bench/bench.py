@@ -152,18 +152,25 @@ def w3(tmp, n):
     return total / n
 
 
-def w4(tmp, n, queues, script=TRIVIAL):
+def w4(tmp, n, queues, script=TRIVIAL, module=False):
     """Wall time for `queues` queues to drain n staged trials of script,
     and the time from the first trial's start to the last one's end (the
-    queues' own start-up left out), from the run records."""
+    queues' own start-up left out), from the run records. With module,
+    the queues run as `python -m guild` (cached bytecode)."""
     project = _project(tmp, "w4-%d" % queues, {"trivial.py": script})
     home = os.path.join(tmp, "w4-%d-home" % queues)
     _stage_trials(project, home, n)
     env = dict(os.environ, GUILD_HOME=home)
+    guild_cmd = [PY, GUILD_PY]
+    if module:
+        shutil.copy(GUILD_PY, project)
+        _run([PY, "-m", "guild", "--version"], project, bytecode=True)
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        guild_cmd = [PY, "-m", "guild"]
     start = time.perf_counter()
     procs = [subprocess.Popen(
-        [PY, GUILD_PY, "run", "queue", "run-once=yes", "ignore-running=yes",
-         "-y"], cwd=project, env=env, stdout=subprocess.DEVNULL,
+        guild_cmd + ["run", "queue", "run-once=yes", "ignore-running=yes",
+                     "-y"], cwd=project, env=env, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL) for _ in range(queues)]
     for p in procs:
         p.wait()
@@ -180,11 +187,11 @@ def w4(tmp, n, queues, script=TRIVIAL):
     return wall, (max(ends) - min(starts)) / 1e6
 
 
-def w5(tmp, n, queues):
+def w5(tmp, n, queues, module=False):
     """W4 with trials that wait rather than compute (each sleeps 0.2 s,
     as a trial waiting on a GPU): what several queues gain when the CPU
     is not what the trials share."""
-    return w4(tmp, n, queues, script=SLEEPER)
+    return w4(tmp, n, queues, script=SLEEPER, module=module)
 
 
 def stage50(tmp, repeats):
@@ -401,19 +408,23 @@ def main(argv):
             row("W3 queue, per trial @%d" % big_w3, "%.3fs = %.2fx of @50"
                 % (large, large / small), "<= 1.25x of @50",
                 large / small <= 1.25)
-        for name, workload, target in [("W4", w4, 1.8), ("W5", w5, 3.6)]:
+        for name, target, module in [("W4", 1.8, False), ("W5", 3.6, False),
+                                     ("W5", 3.6, True)]:
             if name not in only:
                 continue
-            times = [[workload(os.path.join(tmp, "%s-%d" % (name, i)), 100,
-                               queues) for queues in (1, 4)]
-                     for i in range(max(repeats // (2 if name == "W4"
-                                                    else 3), 1))]
+            workload = w4 if name == "W4" else w5
+            times = [[workload(os.path.join(tmp, "%s-%d-%s" % (
+                name, i, module)), 100, queues, module=module)
+                for queues in (1, 4)]
+                for i in range(max(repeats // (2 if name == "W4" else 3),
+                                   1))]
             one, one_trials = [_median(r[0][k] for r in times)
                                for k in (0, 1)]
             four, four_trials = [_median(r[1][k] for r in times)
                                  for k in (0, 1)]
-            row("%s 4 queues vs 1, 100 %s" % (
-                name, "trials" if name == "W4" else "0.2 s sleeps"),
+            row("   same, python -m guild" if module else
+                "%s 4 queues vs 1, 100 %s" % (
+                    name, "trials" if name == "W4" else "0.2 s sleeps"),
                 "%.2fs vs %.2fs = %.2fx" % (four, one, one / four),
                 ">= %sx" % target, one / four >= target)
             row("   same, trials only", "%.2fs vs %.2fs = %.2fx"
