@@ -3983,8 +3983,13 @@ def _script_process_main(words):
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGINT)
-    with open(script, "rb") as f:
-        source = f.read()
+    try:
+        with open(script, "rb") as f:
+            source = f.read()
+    except OSError as e:  # as the interpreter says it
+        sys.stderr.write("%s: can't open file %r: [Errno %d] %s\n" % (
+            sys.executable, os.path.abspath(script), e.errno, e.strerror))
+        return 2
     # Python 3.9+ makes the path of the script it runs absolute (its
     # __file__, its tracebacks); sys.argv[0] stays as given.
     path = os.path.abspath(script) if sys.version_info >= (3, 9) else script
@@ -4591,6 +4596,10 @@ def _startable_attrs(run):
     """A run's attrs (run.json); RunError if it cannot start."""
     attrs = run._attrs()
     problem = _unstartable(attrs)
+    if not problem and attrs["op"]["kind"] == "script" and not os.path.isfile(
+            os.path.join(run.dir, attrs["op"]["script"])):
+        problem = "the script %s is missing from its directory %s" % (
+            attrs["op"]["script"], run.dir)
     if problem:
         raise RunError("cannot start %s: %s" % (run.id, problem))
     return attrs

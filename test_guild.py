@@ -1565,6 +1565,17 @@ class SourceSnapshotTest(GuildTestCase):
             "COUNT must be a whole number")
         self.assertEqual(self.runs(), [])
 
+    def test_a_script_missing_from_its_run_is_an_error(self):
+        write(path(self.project, "train.py"), "")
+        out, attrs = self.staged_snapshot()
+        run = self.runs()[0]
+        os.remove(path(run.dir, "train.py"))
+        self.assertGuildError(self.guild("run", "--start", run.id, "-y"),
+                              "cannot start %s: the script train.py is "
+                              "missing from its directory %s" % (run.id,
+                                                                 run.dir))
+        self.assertEqual(run.status, "staged")
+
     def test_imports_found_without_running_the_script(self):
         found = list(guild._imports(
             "import a.b as c, d\nx = 1; import e  # f\n"
