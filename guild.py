@@ -4596,7 +4596,7 @@ def _startable_attrs(run):
     """A run's attrs (run.json); RunError if it cannot start."""
     attrs = run._attrs()
     problem = _unstartable(attrs)
-    if not problem and attrs["op"]["kind"] == "script" and not os.path.isfile(
+    if not problem and attrs["op"]["kind"] == "script" and not os.path.exists(
             os.path.join(run.dir, attrs["op"]["script"])):
         problem = "the script %s is missing from its directory %s" % (
             attrs["op"]["script"], run.dir)
