@@ -4307,6 +4307,11 @@ class FourRunsTestCase(GuildTestCase):
                              "flags": {"x": x}, "label": "x=%d" % x},
                             staged=True)
 
+    def guild(self, *args):
+        # In this process: these tests make dozens of calls, none of which
+        # starts a script, and an interpreter start-up each cost seconds.
+        return guild_main("-H", self.home, *args)
+
     def labels(self):
         return [r.get("label") for r in self.runs()]
 
