@@ -2423,19 +2423,30 @@ def _format_size(size):
     return "%d bytes" % size
 
 
+def _left_out_why(left_out):
+    """{reason: why, in words} for a record of files left out."""
+    return {"size": "over %s" % _format_size(left_out["max_size"]),
+            "binary": "not text",
+            "count": "past the %d-file limit" % left_out["max_count"]}
+
+
 def _left_out_text(left_out, names=3):
     """What a run's snapshot left out (_left_out_info), in a line: how
     many, why, and the first names."""
-    why = {"size": "over %s" % _format_size(left_out["max_size"]),
-           "binary": "not text",
-           "count": "past the %d-file limit" % left_out["max_count"]}
     shown = left_out["files"][:names]
-    return "%d file%s (%s): %s%s" % (
+    return "%s: %s%s" % (
+        _left_out_summary(left_out), " ".join(f["path"] for f in shown),
+        " ..." if left_out["count"] > len(shown) else "")
+
+
+def _left_out_summary(left_out):
+    """How many files a snapshot left out, and why: `3 files (1 over 1
+    MiB, 2 not text)`."""
+    why = _left_out_why(left_out)
+    return "%d file%s (%s)" % (
         left_out["count"], "" if left_out["count"] == 1 else "s",
         ", ".join("%d %s" % (n, why[r])
-                  for r, n in left_out["reasons"].items()),
-        " ".join(f["path"] for f in shown),
-        " ..." if left_out["count"] > len(shown) else "")
+                  for r, n in left_out["reasons"].items()))
 
 
 def _run_info_items(run, info=None):
@@ -8021,6 +8032,9 @@ def _build_run_parser(p):
                    help="stop the run after N minutes (it ends terminated)")
     p.add_argument("--print-cmd", action="store_true",
                    help="print the command the run would run, run nothing")
+    p.add_argument("--test-sourcecode", action="store_true",
+                   help="show the files the run's source snapshot would "
+                   "copy and leave out, run nothing")
     p.add_argument("--save-trials", metavar="PATH",
                    help="write the trials a batch would run to PATH (CSV, "
                    "or JSON for *.json), run nothing")
@@ -8084,6 +8098,9 @@ def _cmd_run(args):
     if args.print_cmd:
         print(_shell_join(_script_words(attrs.get("proto") or attrs)[1]))
         return 0
+    if args.test_sourcecode:
+        _print_source_snapshot(attrs)
+        return 0
     if args.needed and "proto" not in attrs:
         done = _same_completed_run(attrs)
         if done:
@@ -8104,6 +8121,29 @@ def _cmd_run(args):
         _print_staged(run, bool(args.run_dir))
         return 0
     return _exit_code(_start_run(run))
+
+
+def _print_source_snapshot(attrs):
+    """run --test-sourcecode: the files a run of attrs would copy, and
+    those it would leave out, with why."""
+    op = (attrs.get("proto") or attrs)["op"]
+    if op["kind"] != "script":
+        raise UsageError("--test-sourcecode: a queue has no source snapshot")
+    files, left_out = _source_snapshot(op["project"], op["script"],
+                                       [_guild_home()])
+    settings = _source_settings(op["project"])
+    print("Source snapshot of %s from %s (at most %d files of at most %s "
+          "each; %s [sourcecode] changes what is copied):" % (
+              op["script"], op["project"], settings["max-count"],
+              _format_size(settings["max-size"]), SOURCE_CONFIG))
+    for rel in files:
+        print("  " + rel)
+    info = _left_out_info({"sourcecode_left_out": left_out})
+    if info:
+        why = _left_out_why(info)
+        print("Left out: %s" % _left_out_summary(info))
+        for f in info["files"]:
+            print("  %s (%s)" % (f["path"], why[f["reason"]]))
 
 
 def _start_detached(run):

@@ -1533,12 +1533,24 @@ class SourceSnapshotTest(GuildTestCase):
             "data/x.npy", "data/y.npy", "guild.ini", "lib/util.py",
             "notes.txt", "train.py"])
         self.assertNotIn("warning", out)
+        self.assertEqual(self.guild("run", "train.py", "--test-sourcecode"),
+                         (0, "Source snapshot of train.py from %s (at most "
+                          "100 files of at most 1 MiB each; guild.ini "
+                          "[sourcecode] changes what is copied):\n"
+                          "  train.py\n  lib/util.py\n  data/x.npy\n"
+                          "  data/y.npy\n  guild.ini\n  notes.txt\n"
+                          % os.path.realpath(self.project)))
         write(path(self.project, "guild.ini"),
               "[sourcecode]\nmax-count = 2\nexclude = data/\n")
         out, attrs = self.staged_snapshot()
         self.assertEqual(attrs["sourcecode"], ["train.py", "lib/util.py"])
         self.assertIn("leaves out 3 files (3 past the 2-file limit): "
                       "guild.ini notes.txt logs/a.log (", out)
+        self.assertTrue(self.guild("run", "train.py", "--test-sourcecode")[
+            1].endswith("  lib/util.py\nLeft out: 3 files (3 past the "
+                         "2-file limit)\n  guild.ini (past the 2-file "
+                         "limit)\n  notes.txt (past the 2-file limit)\n"
+                         "  logs/a.log (past the 2-file limit)\n"))
         out, attrs = self.staged_snapshot(  # Guild AI's variable: one run
             env={"MAX_DEFAULT_SOURCECODE_COUNT": "10"})
         self.assertEqual(len(attrs["sourcecode"]), 5)
