@@ -2195,16 +2195,26 @@ class Run:
         return "<guild.Run %s>" % self.id
 
 
-def _run_file(run, rel):
-    """The path of file rel in run's directory; RunError if rel leaves
-    it (an absolute path, `..`, or a symlink that points out)."""
-    root = os.path.realpath(run.dir)
+def _path_inside(root, rel):
+    """The real path of rel under directory root, or None if rel leaves
+    root: an absolute path, `..` above it, or a symlink that points out."""
+    root = os.path.realpath(root)
     path = os.path.realpath(os.path.join(root, rel))
     try:
         inside = os.path.commonpath([root, path]) == root
     except ValueError:  # another drive
         inside = False
-    if os.path.isabs(rel) or not inside:
+    if os.path.isabs(rel) or os.path.splitdrive(rel)[0] or not inside:
+        return None
+    return path
+
+
+def _run_file(run, rel):
+    """The path of file rel in run's directory; RunError if rel leaves
+    it (see _path_inside). Every command that takes a path inside a run
+    (cat, ls, diff) goes through here."""
+    path = _path_inside(run.dir, rel)
+    if path is None:
         raise RunError("'%s' is not a path inside run %s" % (rel, run.id))
     return path
 
@@ -4027,6 +4037,8 @@ def _script_process_main(words):
         _end_process()
     except KeyboardInterrupt:  # Ctrl-C while threads were joined
         status = -signal.SIGINT
+    finally:  # the script is over: a stop now must not cut its record
+        _hold_stops()
     # Only the script's own process records the run's exit: a child it
     # forked comes back here too, and must not.
     if what == "run" and os.getpid() == own_pid:
@@ -4035,6 +4047,8 @@ def _script_process_main(words):
     if status < 0:
         signal.signal(-status, signal.SIG_DFL)
         os.kill(os.getpid(), -status)
+        if _HELD_SIGNALS:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [-status])
     return status
 
 
@@ -7222,9 +7236,8 @@ def _run_file_path(view, ref, rel_parts):
     run_dir = os.path.join(view.runs_dir, x["id"])
     if any(os.path.isabs(p) or os.path.splitdrive(p)[0] for p in rel_parts):
         raise _NotFound("no such file")
-    root = os.path.realpath(run_dir)
-    real = os.path.realpath(os.path.join(run_dir, *rel_parts))
-    if not real.startswith(root + os.sep) or not os.path.isfile(real):
+    real = _path_inside(run_dir, os.path.join(*rel_parts))
+    if real is None or not os.path.isfile(real):
         raise _NotFound("run %s has no file %s" % (
             x["id"][:SHORT_ID_LEN], "/".join(rel_parts)))
     return real
@@ -9232,20 +9245,28 @@ def _diff_pairs(args, chosen):
     if args.output:
         pairs.append(tuple(_diff_file(r.dir, ".guild/" + OUTPUT_FILE,
                                       r.short_id) for r in chosen))
-    pairs += [tuple(_diff_file(r.dir, rel, r.short_id) for r in chosen)
-              for rel in args.path]
+    for rel in args.path:
+        for r in chosen:
+            _run_file(r, rel)  # refused if it leaves the run
+        pairs.append(tuple(_diff_file(r.dir, rel, r.short_id)
+                           for r in chosen))
     return pairs
 
 
 def _diff_file(root, rel, prefix):
-    """(name, text) of file rel under root; empty if there is none."""
+    """(name, text) of file rel under root; empty if there is none. A
+    name from run.json that leaves root is refused, not read."""
+    path = _path_inside(root, rel)
+    if path is None:
+        raise RunError("'%s' is not a path inside %s" % (rel, prefix))
     try:
-        with open(os.path.join(root, rel), encoding="utf-8",
-                  errors="replace") as f:
+        with open(path, encoding="utf-8", errors="replace") as f:
             text = f.read()
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         text = ""
-    return "%s/%s" % (prefix, rel), text
+    # named by where it is (no `..`): --cmd writes it to a file so named
+    return "%s/%s" % (prefix, os.path.relpath(
+        path, os.path.realpath(root)).replace(os.sep, "/")), text
 
 
 def _diff_with_program(cmd, pairs):
@@ -9385,9 +9406,10 @@ def _cmd_ls(args):
         source = set(run.get("sourcecode") or ())
         paths = [rel for rel in paths if rel in source]
     if args.path:
-        under = args.path.replace(os.sep, "/").strip("/")
-        paths = [rel for rel in paths
-                 if rel == under or rel.startswith(under + "/")]
+        _run_file(run, args.path)  # refused if it leaves the run
+        under = os.path.normpath(args.path).replace(os.sep, "/")
+        paths = [rel for rel in paths if under == "." or rel == under
+                 or rel.startswith(under + "/")]
     if args.full_path:
         paths = [os.path.join(run.dir, rel.replace("/", os.sep))
                  for rel in paths]

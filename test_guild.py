@@ -5113,6 +5113,16 @@ class BadInputTest(GuildTestCase):
          "'/etc/hostname' is not a path inside run"),
         (["cat", "-p", "../../x", "RUN"], {}, 1, "is not a path inside run"),
         (["cat", "-p", SYMLINK, "RUN"], {}, 1, "is not a path inside run"),
+        (["ls", "-p", "/etc", "RUN"], {}, 1,
+         "'/etc' is not a path inside run"),
+        (["ls", "-p", "../..", "RUN"], {}, 1, "is not a path inside run"),
+        (["ls", "-p", SYMLINK, "RUN"], {}, 1, "is not a path inside run"),
+        (["diff", "-p", "/etc/hostname", "RUN", "RUN"], {}, 1,
+         "'/etc/hostname' is not a path inside run"),
+        (["diff", "-p", "../../x", "RUN", "RUN"], {}, 1,
+         "is not a path inside run"),
+        (["diff", "-p", SYMLINK, "--cmd", "cat", "RUN", "RUN"], {}, 1,
+         "is not a path inside run"),
         (["run", "ok.py", "--stage", "--start", "RUN", "-y"], {}, 2,
          "an operation ('ok.py') cannot be used with --start"),
         (["run", "--start", "RUN", "--stage", "-y"], {}, 2,
@@ -5165,6 +5175,18 @@ class BadInputTest(GuildTestCase):
         self.assertEqual(code, 0, out)
         self.assertEqual({r.status for r in guild.list_runs()},
                          {"completed"})
+
+    @any_start_mode
+    def test_diff_refuses_source_names_that_leave_the_run(self):
+        self.assertEqual(guild_main("run", "ok.py", "-y")[0], 0)
+        run = guild.list_runs()[0]
+        attrs = guild._read_dict(run.guild_path("run.json"))
+        attrs["sourcecode"] = ["ok.py", "../../../../../../etc/hostname"]
+        guild._write_json(run.guild_path("run.json"), attrs)
+        for options in ((), ("--cmd", "cat")):
+            self.assertGuildError(
+                guild_main("diff", "-s", run.id, run.id, *options),
+                "'../../../../../../etc/hostname' is not a path inside")
 
     def test_huge_grids_are_sampled_lazily(self):
         code, out = guild_main("run", "ok.py", "x=range[1:50000]",
