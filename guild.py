@@ -568,8 +568,8 @@ _STOP_SIGNALS = () if IS_WINDOWS else ("SIGTERM", "SIGHUP")
 # must neither land inside os.fork (where Python prints and drops an
 # exception raised by a handler) nor between the start and the watch (a
 # script's process nobody watches). The held signal is taken once the
-# watcher's handler is in place; a child inherits the hold and lets go
-# once its handlers are the script's.
+# watcher's handler is in place; the script's process inherits the hold
+# and lets go as the script starts (its handlers are the script's then).
 _HELD_SIGNALS = () if IS_WINDOWS or not hasattr(
     signal, "pthread_sigmask") else tuple(
         getattr(signal, n) for n in ("SIGINT",) + _STOP_SIGNALS)
@@ -3997,13 +3997,10 @@ def _script_process_main(words):
     """Be the script's process that words describe; return its exit code.
 
     A script ended by Ctrl-C ends this process by SIGINT, as Python does.
+    Stop signals stay held (as the watcher started it: see _hold_stops)
+    until the script runs: none cuts guild's own steps short.
     """
     what, arg, script, args = words[0], words[1], words[2], words[3:]
-    try:  # a stop held since before the start ends it now, as a stop
-        _hold_stops(False)
-    except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGINT)
     try:
         with open(script, "rb") as f:
             source = f.read()
@@ -4032,7 +4029,12 @@ def _script_process_main(words):
         sys.orig_argv = [sys.executable] + sys.argv  # novermin
     if record and not _record_script_start(record):
         return 1  # its watcher was stopped first: the run never started
-    status = _exec_as_main(code, path)
+    try:  # a stop held until now reaches the script, as it starts
+        _hold_stops(False)
+    except KeyboardInterrupt:  # Ctrl-C before its first line ran
+        status = -signal.SIGINT
+    else:
+        status = _exec_as_main(code, path)
     try:
         _end_process()
     except KeyboardInterrupt:  # Ctrl-C while threads were joined
