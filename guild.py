@@ -4029,12 +4029,7 @@ def _script_process_main(words):
         sys.orig_argv = [sys.executable] + sys.argv  # novermin
     if record and not _record_script_start(record):
         return 1  # its watcher was stopped first: the run never started
-    try:  # a stop held until now reaches the script, as it starts
-        _hold_stops(False)
-    except KeyboardInterrupt:  # Ctrl-C before its first line ran
-        status = -signal.SIGINT
-    else:
-        status = _exec_as_main(code, path)
+    status = _exec_as_main(code, path)
     try:
         _end_process()
     except KeyboardInterrupt:  # Ctrl-C while threads were joined
@@ -4225,7 +4220,8 @@ def _exec_as_main(code, script):
     """Run code as module __main__; return the exit code it ends with.
 
     An uncaught exception is shown as the interpreter shows it, the
-    traceback starting at the script.
+    traceback starting at the script. Stop signals held until now (see
+    _script_process_main) reach the script as it starts.
     """
     import importlib.machinery
     main = types.ModuleType("__main__")
@@ -4240,6 +4236,7 @@ def _exec_as_main(code, script):
             del sys.modules[name]
     sys.modules["__main__"] = main
     try:
+        _hold_stops(False)
         exec(code, main.__dict__)
     except SystemExit as e:
         return _system_exit_status(e)
