@@ -5213,6 +5213,12 @@ _TPE_BANDWIDTH = 0.1  # kernel width at one trial, as a fraction of a range
 _TPE_MIN_WIDTH = 0.01  # the narrowest kernel, as a fraction of a range
 _TPE_MAX_BELOW = 25
 _TPE_FLAT_WEIGHTS = 25  # the newest trials weigh fully; older ones fade
+# A trial in flight counts as bad (the constant liar), so proposals made
+# before its result keep away from it; at a fraction of a finished
+# trial's weight, so that a few in flight do not push the search out of
+# a good region (4 in flight: regret 1.0-1.3x the sequential figure at
+# 100 trials, against 1.1-3.5x at full weight; see the README).
+_TPE_PENDING_WEIGHT = 0.3
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
@@ -5389,13 +5395,14 @@ def _tpe_weights(n):
 
 
 def _tpe_propose(space, history, rnd, random_starts=TPE_RANDOM_STARTS,
-                candidates=TPE_CANDIDATES):
+                candidates=TPE_CANDIDATES, pending=frozenset()):
     """The coordinates of the next trial in space (a list of _TpeDim).
 
     history lists (coordinates, loss) of the trials so far, oldest first;
     loss is None for a bad trial (failed, no objective, still in flight).
-    The first random_starts trials, and any while no trial has a loss,
-    are drawn at random.
+    pending holds the indexes in history of the trials in flight. The
+    first random_starts trials, and any while no trial has a loss, are
+    drawn at random.
     """
     scored = [i for i, (_, loss) in enumerate(history) if loss is not None]
     if len(history) < random_starts or not scored or not space:
@@ -5404,9 +5411,11 @@ def _tpe_propose(space, history, rnd, random_starts=TPE_RANDOM_STARTS,
                   len(scored))
     best = set(sorted(scored, key=lambda i: (history[i][1], i))[:n_below])
     below = [history[i][0] for i in range(len(history)) if i in best]
-    above = [history[i][0] for i in range(len(history)) if i not in best]
+    above = [i for i in range(len(history)) if i not in best]
     good = _TpeMixture(space, below, _tpe_weights(len(below)))
-    bad = _TpeMixture(space, above, _tpe_weights(len(above)))
+    bad = _TpeMixture(space, [history[i][0] for i in above], [
+        w * (_TPE_PENDING_WEIGHT if i in pending else 1.0)
+        for w, i in zip(_tpe_weights(len(above)), above)])
     draws = good.samples(candidates, rnd)
     return max(draws, key=lambda x: good.log_pdf(x) - bad.log_pdf(x))
 
@@ -5484,15 +5493,17 @@ def _tpe_next_flags(space, trials, attrs):
     generator seeded by the batch's seed and the trial's number, so a
     batch repeats, and a restarted batch goes on as if never stopped."""
     scalar, maximize = _objective(attrs)
-    history = []
+    history, pending = [], set()
     for x in trials:
         point = [dim.encode(x["flags"].get(dim.name)) for dim in space]
         if None not in point:  # else the trial is outside a changed space
+            if x["status"] in _UNFINISHED:
+                pending.add(len(history))
             history.append((point, _trial_loss(x, scalar, maximize)))
     rnd = random.Random("%s:%d" % (attrs.get("random_seed"), len(trials)))
     starts = (attrs.get("opt_flags") or {}).get("random-starts",
                                                  TPE_RANDOM_STARTS)
-    point = _tpe_propose(space, history, rnd, starts)
+    point = _tpe_propose(space, history, rnd, starts, pending=pending)
     return {dim.name: dim.decode(x) for dim, x in zip(space, point)}
 
 
