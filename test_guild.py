@@ -3157,11 +3157,15 @@ class KillStormTest(GuildTestCase):
             self.assertNotIn("Traceback", text, "%s; %s" % (output, note))
             self.assertNotIn("Exception ignored", text, note)
         if os.environ.get("GUILD_STRESS_SECONDS"):
-            print("\n%d kills in %.0f s, %d trials: %s; %s" % (
-                kills, seconds, n, {s: sum(r.status == s for r in trials)
-                                    for s in sorted({r.status
-                                                     for r in trials})},
-                note))
+            restaged = sum(cat_file(path(self.logs, name)).count(
+                "stopped before its script started")
+                for name in os.listdir(self.logs))
+            print("\n%d kills in %.0f s, %d trials: %s, %d staged again "
+                  "by a stop before their script started; %s" % (
+                      kills, seconds, n, {
+                          s: sum(r.status == s for r in trials)
+                          for s in sorted({r.status for r in trials})},
+                      restaged, note))
 
 
 # ---------------------------------------------------------------------------
