@@ -6214,15 +6214,16 @@ SYSTEM_SCALAR_PREFIX = "sys/"
 def compare_rows(summaries, all_scalars=False):
     """(columns, rows) comparing runs: the base columns, every flag, the
     step of the last scalar, then the last value of every scalar (but
-    system ones, `sys/...`, unless all_scalars); a row is a dict, None
+    system ones, `sys/...` printed or an event file's tag, in whatever
+    directory, unless all_scalars); a row is a dict, None
     where a run lacks a column. Times are seconds; started is
     `YYYY-MM-DD HH:MM:SS`.
     """
     flag_names = sorted({n for x in summaries for n in x["flags"]})
     run_scalars = [_compare_scalars(x["scalars"]) for x in summaries]
     scalar_names = sorted({n for scalars in run_scalars for n in scalars
-                           if all_scalars or not
-                           n.startswith(SYSTEM_SCALAR_PREFIX)})
+                           if all_scalars or not n.rpartition("#")[2]
+                           .startswith(SYSTEM_SCALAR_PREFIX)})
     step_cols = ["step"] if scalar_names and "step" not in flag_names \
         else []
     taken = set(COMPARE_BASE_COLS) | set(flag_names) | set(step_cols)

@@ -4500,8 +4500,16 @@ class CompareSelectTest(GuildTestCase):
     @any_start_mode
     def test_system_scalars_hidden_unless_all_scalars(self):
         self.guild("run", "sys.py", "-y")
-        self.assertNotIn("sys/gpu", self.csv()[0])
-        self.assertEqual(self.csv("-s", "1")[0][-2:], ["loss", "sys/gpu"])
+        # Event files' sys/ tags too, in a directory or several.
+        run_dir = self.runs()[0].dir
+        for rel in ("events.out.tfevents.1.h", "a/events.out.tfevents.1.h",
+                    "b/events.out.tfevents.1.h"):
+            os.makedirs(os.path.dirname(path(run_dir, rel)), exist_ok=True)
+            with open(path(run_dir, rel), "wb") as f:
+                f.write(tf_events((1, "sys/mem", 5.0), (1, "acc", 0.5)))
+        self.assertEqual([c for c in self.csv()[0] if "sys/" in c], [])
+        self.assertEqual([c for c in self.csv("-s", "1")[0] if "sys/" in c],
+                         ["a#sys/mem", "b#sys/mem", "sys/gpu", "sys/mem"])
         self.assertEqual(self.csv("-t", "-cc", "sys/gpu", "1")[1][1], "3.0")
 
     @any_start_mode
