@@ -2582,20 +2582,26 @@ class _OutputLines:
 
 
 class _ScalarRecorder:
-    """Parses a run's output as it arrives, stdout and stderr each in
-    lines of its own (a progress bar drawn on stderr does not end up in
-    the middle of a line printed to stdout); appends scalars to a file,
-    made when the first scalar comes. `step: N` on either stream sets the
-    step of the scalars after it."""
+    """Parses a run's output as it arrives, stdout and the stderr of each
+    process in lines of their own (a progress bar drawn on stderr does
+    not end up in the middle of a line printed to stdout, nor of one a
+    worker process logs); appends scalars to a file, made when the first
+    scalar comes. `step: N` anywhere sets the step of the scalars after
+    it."""
 
     def __init__(self, path):
         self._path = path
         self._file = None
-        self._streams = {"stdout": _OutputLines(), "stderr": _OutputLines()}
+        self._streams = {}  # None (stdout) or a pid (its stderr): lines
         self.step = 0
 
-    def feed(self, data, stream="stdout"):
-        for line in self._streams[stream].feed(data):
+    def feed(self, data, stderr_of=None):
+        """Take data, printed to stdout, or to stderr by process
+        stderr_of."""
+        lines = self._streams.get(stderr_of)
+        if lines is None:
+            lines = self._streams[stderr_of] = _OutputLines()
+        for line in lines.feed(data):
             self._line(line)
 
     def _line(self, line):
@@ -2632,17 +2638,17 @@ class _StderrSpans:
     the script's process writes both to, so that they stay in the order
     written. That process writes its stderr through _TaggedStderr
     (section 11), which notes in the file STDERR_SPANS `PID b` before each
-    write and `PID e START END` after it: the write landed at bytes
-    START..END. Bytes no span covers are stdout, or written to either
-    stream by another process (a subprocess) or by C code.
+    write and `PID e START END` after it: process PID's write landed at
+    bytes START..END. Bytes no span covers are stdout, or written to
+    either stream by another process (a subprocess) or by C code.
 
     feed() takes the output's bytes in order, from byte offset on, each
     piece read from the file before feed() is called. A write whose `b`
     is not among the notes read by one feed() lands after the bytes fed
     so far, so the bytes before that are known once its `e` or the end
     of an earlier write is read. Each byte goes on to
-    on_bytes(data, stream) once its stream is known; close() passes on
-    the rest.
+    on_bytes(data, pid) once known to be stdout (pid None) or process
+    pid's stderr; close() passes on the rest.
     """
 
     def __init__(self, run_dir, offset, on_bytes):
@@ -2654,7 +2660,7 @@ class _StderrSpans:
         self._notes = b""  # a note not yet ended
         self._pos = offset  # where self._held starts in the output
         self._held = bytearray()
-        self._spans = []  # (start, end), sorted
+        self._spans = []  # (start, end, pid), sorted
         self._writing = {}  # pid: (the byte its write lands at or after,
         #                          when that write was first seen)
         self._on_bytes = on_bytes
@@ -2689,7 +2695,7 @@ class _StderrSpans:
                     start, end = map(int, span.split())
                 except ValueError:
                     continue  # not a note
-                self._spans.append((start, end))
+                self._spans.append((start, end, pid))
             elif note.endswith(b" b"):
                 self._writing[note[:-2]] = (fed, time.monotonic())
         self._spans.sort()
@@ -2707,12 +2713,12 @@ class _StderrSpans:
             while self._spans and self._spans[0][1] <= self._pos:
                 del self._spans[0]
             if self._spans and self._spans[0][0] <= self._pos:
-                stream, upto = "stderr", self._spans[0][1]
+                upto, pid = self._spans[0][1:]
             else:
-                stream = "stdout"
                 upto = self._spans[0][0] if self._spans else end
+                pid = None
             size = min(upto, end) - self._pos
-            self._on_bytes(bytes(self._held[:size]), stream)
+            self._on_bytes(bytes(self._held[:size]), pid)
             del self._held[:size]
             self._pos += size
 

@@ -3936,29 +3936,30 @@ class ScalarTest(GuildTestCase):
         notes = path(self.project, ".guild", "output.stderr")
         write(notes, "1 b\n")  # an earlier process's: past
         got = []
-        spans = guild._StderrSpans(self.project, 10, lambda data, stream:
-                                   got.append((stream, data)))
+        spans = guild._StderrSpans(self.project, 10, lambda data, pid:
+                                   got.append((pid, data)))
 
         def step(notes_text, data):
             with open(notes, "a") as f:
                 f.write(notes_text)
             spans.feed(data)
-            return [(stream, data.decode()) for stream, data in got]
+            return [(pid and pid.decode(), data.decode())
+                    for pid, data in got]
         # Writer 7 begins, its bytes are not yet read: "out" may be
         # followed by them, or be them.
         self.assertEqual(step("7 b\n", b"out"), [])
         # Its bytes are 13..16; writer 8 begins after 13.
         self.assertEqual(step("7 e 13 16\n8 b\n", b"ERRout"),
-                         [("stdout", "out")])
-        self.assertEqual(step("8 e 19 2", b"ERR"), [("stdout", "out")])
+                         [(None, "out")])
+        self.assertEqual(step("8 e 19 2", b"ERR"), [(None, "out")])
         self.assertEqual(step("2\n", b"after"), [
-            ("stdout", "out"), ("stderr", "ERR"), ("stdout", "out"),
-            ("stderr", "ERR"), ("stdout", "after")])
+            (None, "out"), ("7", "ERR"), (None, "out"), ("8", "ERR"),
+            (None, "after")])
         # A writer killed in a write: its bytes are passed on at close.
         step("8 b\n", b"last")
         self.assertEqual(len(got), 5)
         spans.close()
-        self.assertEqual(got[5:], [("stdout", b"last")])
+        self.assertEqual(got[5:], [(None, b"last")])
 
     def test_stats(self):
         stats = guild.scalar_stats([("a", 2.0, 0, 0), ("a", 1.0, 1, 0),
@@ -4018,10 +4019,10 @@ class ScalarTest(GuildTestCase):
         "clear(); sys.stderr.write('val: 0.5\\n'); bar(4)\n"
         "clear(); print('acc: 0.75'); bar(4)\n"
         "os.write(1, b'sub: 3\\n')  # as a subprocess writes\n"
-        "if hasattr(os, 'fork'):  # a forked child's stderr is tagged too\n"
+        "if hasattr(os, 'fork'):  # a worker logs under the bar\n"
         "    pid = os.fork()\n"
         "    if pid == 0:\n"
-        "        clear(); sys.stderr.write('child: 2\\n'); bar(4)\n"
+        "        sys.stderr.write('child: 2\\n')\n"
         "        os._exit(0)\n"
         "    os.waitpid(pid, 0)\n"
         "sys.stderr.write('\\n')\n")
@@ -4038,7 +4039,7 @@ class ScalarTest(GuildTestCase):
         out += clear + "val: 0.5\n" + bar(4) + clear + "acc: 0.75\n"
         out += bar(4) + "sub: 3\n"
         if hasattr(os, "fork"):
-            out += clear + "child: 2\n" + bar(4)
+            out += "child: 2\n"
         return out + "\n"
 
     def test_a_progress_bar_on_stderr_eats_no_scalars(self):
