@@ -8608,13 +8608,16 @@ def _update_attrs(run, change):
 
 
 def _run_file_list(run, include_guild):
-    """The relative paths (with /) of a run's files, sorted."""
+    """The relative paths (with /) of a run's files, sorted; a symlink
+    (to a file or a directory, or dangling) is a file here, never
+    followed."""
     paths = []
     for root, dirs, files in os.walk(run.dir):
         dirs.sort()
         if not include_guild and root == run.dir:
             dirs[:] = [d for d in dirs if d != ".guild"]
-        for name in sorted(files):
+        links = [d for d in dirs if os.path.islink(os.path.join(root, d))]
+        for name in sorted(files + links):
             rel = os.path.relpath(os.path.join(root, name), run.dir)
             paths.append(rel.replace(os.sep, "/"))
     return paths
@@ -8673,9 +8676,13 @@ def _export_dir(runs, dest):
     return done
 
 
+_ZIP_SYMLINK = 0o120777  # a zip entry's Unix mode for a symlink
+
+
 def _export_zip(runs, dest):
     """Add runs to zip archive dest (written anew, then renamed into
-    place); return those added."""
+    place); return those added. A symlink in a run is stored as a link
+    (_unzip_runs makes it again), not as what it points to."""
     import zipfile
     tmp = dest + ".partial"
     done = []
@@ -8691,8 +8698,16 @@ def _export_zip(runs, dest):
                 print("Skipping %s: already in %s" % (run.short_id, dest))
                 continue
             for rel in _run_file_list(run, include_guild=True):
-                out.write(os.path.join(run.dir, rel.replace("/", os.sep)),
-                          "%s/%s" % (run.id, rel))
+                src = os.path.join(run.dir, rel.replace("/", os.sep))
+                name = "%s/%s" % (run.id, rel)
+                if os.path.islink(src):  # kept a link, as a directory export
+                    info = zipfile.ZipInfo(name, time.localtime(
+                        os.lstat(src).st_mtime)[:6])
+                    info.create_system = 3  # Unix: external_attr is a mode
+                    info.external_attr = _ZIP_SYMLINK << 16
+                    out.writestr(info, os.readlink(src))
+                else:
+                    out.write(src, name)
             done.append(run)
     os.replace(tmp, dest)
     return done
@@ -8789,6 +8804,18 @@ def _unzip_runs(archive, dest):
                     raise GuildError("'%s' holds a path outside the "
                                      "archive: %s" % (archive, name))
             z.extractall(dest)
+            # Links last, once every file is written: nothing is written
+            # through a link from the archive.
+            for item in z.infolist():
+                if item.create_system == 3 and \
+                        item.external_attr >> 16 == _ZIP_SYMLINK:
+                    path = os.path.join(dest, item.filename)
+                    try:
+                        os.remove(path)
+                        os.symlink(z.read(item).decode("utf-8"), path)
+                    except OSError:  # no symlinks here (Windows)
+                        with open(path, "wb") as f:
+                            f.write(z.read(item))
     except zipfile.BadZipFile as e:
         raise GuildError("'%s' is not a zip archive: %s" % (archive, e))
     return dest

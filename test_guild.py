@@ -1894,6 +1894,39 @@ class RunTest(GuildTestCase):
                               "is not a zip archive")
         self.assertGuildError(imp(out_zip, "--move"), "--move takes")
 
+    @any_start_mode
+    @unittest.skipIf(IS_WINDOWS, "symlinks need privileges")
+    def test_export_zip_keeps_symlinks_as_links(self):
+        # A link to a file outside, a dangling one and one to a directory:
+        # a zip stores each as a link (it used to follow them, and stop at
+        # the dangling one), and import makes the links again.
+        outside = path(mkdtemp(), "data.txt")
+        write(outside, "not the run's")
+        write(path(self.project, "s.py"),
+              "import os\n"
+              "os.symlink(%r, 'data')\n"
+              "os.symlink('/nonexistent-guild-test', 'dangling')\n"
+              "os.makedirs('ckpt')\n"
+              "open(os.path.join('ckpt', '1'), 'w').close()\n"
+              "os.symlink('ckpt', 'latest')\n" % outside)
+        self.guild("run", "s.py", "-y")
+        [run] = self.runs()
+        self.assertIn("  dangling\n  data\n  latest\n",
+                      self.guild("ls")[1])
+        out_zip = path(mkdtemp(), "r.zip")
+        self.assertEqual(self.guild("export", out_zip, "-y")[0], 0)
+        other = mkdtemp()
+        self.assertEqual(guild_cmd(["import", out_zip, "-y"],
+                                   guild_home=other),
+                         (0, "Imported 1 run(s)\n"))
+        copy = path(other, "runs", run.id)
+        self.assertEqual([(n, os.readlink(path(copy, n))) for n in
+                          ("data", "dangling", "latest")],
+                         [("data", outside),
+                          ("dangling", "/nonexistent-guild-test"),
+                          ("latest", "ckpt")])
+        self.assertTrue(os.path.isfile(path(copy, "ckpt", "1")))
+
     def test_run_dir(self):
         self.copy_sample("train.py")
         run_dir = path(mkdtemp(), "myrun")
