@@ -3759,6 +3759,65 @@ class StopTest(GuildTestCase):
         code, out = self.guild("run", "queue", "run-once=yes", "-y")
         self.assertEqual((code, run.status), (0, "completed"), out)
 
+    def stop_as_the_script_starts(self, *args, env=None):
+        """Run `guild ARGS` in the foreground and SIGTERM it while its
+        script's process is held before recording itself; return guild's
+        (exit code, output)."""
+        p = subprocess.Popen(
+            [sys.executable, GUILD_PY] + list(args), cwd=self.project,
+            env=dict(os.environ, GUILD_HOME=self.home, **(env or {})),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.addCleanup(p.stdout.close)
+        self.wait_for(lambda: [r for r in self.runs()
+                               if r.status == "pending"],
+                      what="the run's start")
+        time.sleep(0.3)  # its script's process is held
+        p.send_signal(signal.SIGTERM)
+        out = p.communicate(timeout=60)[0].decode()
+        self.assertNotIn("Traceback", out)
+        return p.returncode, out
+
+    @any_start_mode
+    def test_foreground_start_stopped_as_its_script_starts(self):
+        # `run --start` of a staged run, stopped while the script's
+        # process waits to read its script (a FIFO, as a slow start would
+        # wait): the run is staged again, never having run.
+        write(path(self.project, "ok.py"), OK_SCRIPT)
+        self.assertEqual(self.guild("run", "ok.py", "--stage", "-y")[0], 0)
+        [run] = self.runs()
+        script = path(run.dir, "ok.py")
+        os.remove(script)
+        os.mkfifo(script)
+        code, out = self.stop_as_the_script_starts("run", "--start",
+                                                   run.id, "-y")
+        self.assertEqual(code, 128 + signal.SIGTERM, out)
+        self.assertIn("stopped before its script started", out)
+        self.assertEqual(run.status, "staged")
+        self.assertEqual(cat_file(run.guild_path("output")), "")
+        os.remove(script)
+        write(script, OK_SCRIPT)
+        code, out = self.guild("run", "--start", run.id, "-y")
+        self.assertEqual((code, run.status), (0, "completed"), out)
+
+    @any_start_mode
+    def test_new_run_stopped_as_its_script_starts(self):
+        # A new run (not staged) stopped before its script ran ends
+        # terminated, not pending or running: its script's process is a
+        # fresh interpreter held by a sitecustomize module.
+        site = mkdtemp()
+        write(path(site, "sitecustomize.py"),
+              "import os, time\nif %r in os.environ:\n    time.sleep(60)\n"
+              % guild.RECORD_ENV)
+        write(path(self.project, "ok.py"), OK_SCRIPT)
+        code, out = self.stop_as_the_script_starts(
+            "run", "ok.py", "-y", env={"GUILD_NO_FORK": "1",
+                                       "PYTHONPATH": site})
+        self.assertEqual(code, 128 + signal.SIGTERM, out)
+        [run] = self.runs()
+        self.assertEqual(run.status, "terminated")
+        self.assertNotIn("loss", cat_file(run.guild_path("output")))
+        self.assertEqual(run.scalars(), {})
+
     def test_stop_run(self):
         self.copy_sample("sleep.py")
         p = self.start_sleep("sleep.py")
