@@ -5450,8 +5450,18 @@ _UNFINISHED = ("staged", "pending", "running")
 # A script records its own exit, so a trial run by a queue can read as
 # finished just before the queue has written the scalars of its last
 # lines: a trial that finished without the objective is read again for a
-# while.
+# while, and counts as in flight meanwhile (it was taken as bad: in one
+# proposal in ten with 4 in flight, which pushed the search away from
+# good trials).
 _LATE_SCALARS_US = 30 * 1000000
+
+
+def _scalars_may_come(trial, scalar, now):
+    """True if trial (a summary) completed lately without scalar: its
+    watcher, another process, may not have written it yet."""
+    return trial["status"] == "completed" and \
+        scalar not in trial["scalars"] and \
+        now - (trial["stopped"] or 0) < _LATE_SCALARS_US
 
 
 def _reread_unfinished(trials, scalar):
@@ -5461,9 +5471,7 @@ def _reread_unfinished(trials, scalar):
     fresh = []
     now = _timestamp()
     for x in trials:
-        if x["status"] in _UNFINISHED or (
-                scalar not in x["scalars"] and
-                now - (x["stopped"] or 0) < _LATE_SCALARS_US):
+        if x["status"] in _UNFINISHED or _scalars_may_come(x, scalar, now):
             x = _run_summary(x["id"], os.path.join(_runs_dir(), x["id"]),
                              0, 0)
             if x is None:
@@ -5500,10 +5508,14 @@ def _tpe_next_flags(space, trials, attrs):
     batch repeats, and a restarted batch goes on as if never stopped."""
     scalar, maximize = _objective(attrs)
     history, pending = [], set()
+    # Trials run by queues: one whose objective may still come is in
+    # flight, not bad (a sequential batch's own trials are read whole).
+    queued, now = attrs.get("stage_trials"), _timestamp()
     for x in trials:
         point = [dim.encode(x["flags"].get(dim.name)) for dim in space]
         if None not in point:  # else the trial is outside a changed space
-            if x["status"] in _UNFINISHED:
+            if x["status"] in _UNFINISHED or (
+                    queued and _scalars_may_come(x, scalar, now)):
                 pending.add(len(history))
             history.append((point, _trial_loss(x, scalar, maximize)))
     rnd = random.Random("%s:%d" % (attrs.get("random_seed"), len(trials)))

@@ -2711,6 +2711,20 @@ class TpeBatchTest(GuildTestCase):
         self.assertIn("loss", again["scalars"])
         late = dict(early, stopped=1)
         self.assertEqual(guild._reread_unfinished([late], "loss"), [late])
+        # Meanwhile, in a batch whose trials queues run, it counts as in
+        # flight, not as bad; a failed trial, or one that ended long ago,
+        # is bad.
+        space = guild._tpe_space({"x": guild.decode_flag_val("[0.0:1.0]")})
+        trials = [dict(done, flags={"x": 0.1}), early,
+                  dict(early, status="error"), late]
+        seen = []
+        with unittest.mock.patch.object(
+                guild, "_tpe_propose",
+                lambda *args, pending, **kw: seen.append(pending) or [0.5]):
+            for staged in (True, False):
+                guild._tpe_next_flags(space, trials, {
+                    "stage_trials": staged, "random_seed": 1})
+        self.assertEqual(seen, [{1}, set()])
 
     @any_start_mode
     def test_refusals(self):
