@@ -12,8 +12,9 @@ function's minimum; figures are medians over the seeds.
 
 Run by bench.py, or alone:
 
-    python3 samples/bench/tpe_bench.py                    # 20 seeds
+    python3 samples/bench/tpe_bench.py                    # seeds 0-19
     python3 samples/bench/tpe_bench.py --seeds 5 --in-flight-seeds 3
+    python3 samples/bench/tpe_bench.py --first-seed 20    # seeds 20-39
 """
 
 import os
@@ -174,13 +175,15 @@ def _batch(tmp, project, flags, optimizer, trials, seed, in_flight=False):
     return home
 
 
-def quality(tmp, row, seeds, in_flight_seeds):
-    """tpe against random search, and 4 in flight against sequential."""
+def quality(tmp, row, seeds, in_flight_seeds, first=0):
+    """tpe against random search, and 4 in flight against sequential, on
+    seeds first, first + 1, ..."""
+    print("   (seeds %d-%d)" % (first, first + seeds - 1), flush=True)
     for name, script, flags, minimum, budget, target in FUNCTIONS:
         project = _project(tmp, name, script)
         started = time.monotonic()
         tpe, rand, seq = [], [], []
-        for seed in range(seeds):
+        for seed in range(first, first + seeds):
             tpe_losses = _losses(_batch(tmp, project, flags, "tpe",
                                         SEQUENTIAL_TRIALS, seed))
             rand_losses = _losses(_batch(tmp, project, flags, "random",
@@ -194,7 +197,7 @@ def quality(tmp, row, seeds, in_flight_seeds):
                 statistics.median(rand), statistics.median(tpe), ratio),
             ">= %sx" % target, ratio >= target)
         par = []
-        for seed in range(in_flight_seeds):
+        for seed in range(first, first + in_flight_seeds):
             par.append(_regret(_losses(_batch(
                 tmp, project, flags, "tpe", SEQUENTIAL_TRIALS, seed,
                 in_flight=True)), SEQUENTIAL_TRIALS, minimum))
@@ -203,9 +206,10 @@ def quality(tmp, row, seeds, in_flight_seeds):
                 seq[:in_flight_seeds])
             row("   %d in flight vs sequential, %d" % (
                 IN_FLIGHT, SEQUENTIAL_TRIALS),
-                "%.3g / %.3g = %.2fx (%d seeds)" % (
+                "%.3g / %.3g = %.2fx (seeds %d-%d)" % (
                     statistics.median(par), statistics.median(
-                        seq[:in_flight_seeds]), worse, in_flight_seeds),
+                        seq[:in_flight_seeds]), worse, first,
+                    first + in_flight_seeds - 1),
                 "<= 2x", worse <= 2)
         print("   (%s: %.0fs)" % (name, time.monotonic() - started),
               flush=True)
@@ -264,10 +268,10 @@ def import_cost(tmp, row, repeats=21):
         % (with_, without), "no more", with_ - without < 1.0)
 
 
-def run(tmp, row, seeds=20, in_flight_seeds=20):
+def run(tmp, row, seeds=20, in_flight_seeds=20, first=0):
     proposal_cost(row)
     import_cost(tmp, row)
-    quality(tmp, row, seeds, in_flight_seeds)
+    quality(tmp, row, seeds, in_flight_seeds, first)
 
 
 def main(argv):
@@ -275,13 +279,15 @@ def main(argv):
         else 20
     in_flight_seeds = int(argv[argv.index("--in-flight-seeds") + 1]) \
         if "--in-flight-seeds" in argv else seeds
+    first = int(argv[argv.index("--first-seed") + 1]) \
+        if "--first-seed" in argv else 0
     tmp = tempfile.mkdtemp(prefix="guild-tpe-bench-")
 
     def row(workload, value, target, ok):
         print("%-34s %-42s %-10s %s" % (workload, value, target,
                                         "yes" if ok else "NO"), flush=True)
     try:
-        run(tmp, row, seeds, in_flight_seeds)
+        run(tmp, row, seeds, in_flight_seeds, first)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
