@@ -193,7 +193,7 @@ def quality(tmp, row, seeds, in_flight_seeds, first=0):
             seq.append(_regret(tpe_losses, SEQUENTIAL_TRIALS, minimum))
         ratio = statistics.median(rand) / statistics.median(tpe)
         row("%s, %d trials" % (name, budget),
-            "random/tpe %.3g / %.3g = %.1fx" % (
+            "random/tpe %.3g / %.3g = %.2fx" % (
                 statistics.median(rand), statistics.median(tpe), ratio),
             ">= %sx" % target, ratio >= target)
         par = []
