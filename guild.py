@@ -5583,8 +5583,9 @@ def _run_tpe_batch(batch_run, attrs):
     except _StopRequested:
         log.info("Stopping batch")
         raise
-    finally:
-        _log_tpe_finished(trials, scalar, maximize)
+    finally:  # the trial last made or run may have ended since it was read
+        _log_tpe_finished(_reread_unfinished(trials, scalar), scalar,
+                          maximize)
 
 
 def _log_tpe_finished(trials, scalar, maximize):

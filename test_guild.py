@@ -2660,6 +2660,9 @@ class TpeBatchTest(GuildTestCase):
                              "--random-seed", "2", "-y")
         p.send_signal(signal.SIGTERM)
         p.wait(timeout=30)
+        # Its closing line counts the trial it was in as it ended.
+        self.assertIn("Batch finished: 3 completed, 0 failed, 0 staged, "
+                      "1 terminated", p.stdout.read().decode())
         batch = [r for r in self.runs() if r.op_desc == "slow.py+tpe"][0]
         before = self.trials(batch)
         self.assertEqual([t.status for t in before],
