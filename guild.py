@@ -5548,6 +5548,11 @@ def _run_tpe_batch(batch_run, attrs):
     started = time.monotonic()
     poll, shown = _TPE_POLL_SECONDS[0], None
     trials = _batch_trial_summaries(batch_run)
+    if len(trials) >= max_trials and not any(
+            x["status"] in _UNFINISHED for x in trials):
+        log.info("The batch has %d of %d trials: nothing to run "
+                 "('guild run --restart %s -m N' goes on to N)",
+                 len(trials), max_trials, batch_run.short_id)
     try:
         while True:
             trials = _reread_unfinished(trials, scalar)
@@ -5596,6 +5601,10 @@ def _log_tpe_finished(trials, scalar, maximize):
         log.info("Best trial %s (trial %d): %s %s (%s)", x["id"], n,
                  scalar, _num(x["scalars"][scalar]),
                  format_flags(x["flags"], sep=", "))
+    elif any(x["status"] == "completed" for x in trials):
+        log.warning("No trial printed a finite %s: each counted as bad, so "
+                    "the search was random (-N/-X SCALAR name the "
+                    "objective)", scalar)
 
 
 # ---------------------------------------------------------------------------
@@ -5603,38 +5612,63 @@ def _log_tpe_finished(trials, scalar, maximize):
 # ---------------------------------------------------------------------------
 
 
-def _claim_next_staged(gpus, verify=False, only=None):
+def _claim_next_staged(gpus, verify=False, only=None, feeders=(),
+                       skipped=None):
     """Claim the oldest staged run this queue may start, or None.
 
     Reads the staged index, not the store: the cost does not grow with
     the number of runs. With verify, an empty answer is checked against
     the run directories (the index is a cache) before it is believed.
-    only, a set of run ids, limits the runs it may claim.
+    only, a set of run ids, limits the runs it may claim, but for the
+    trials of batches in feeders. A staged batch that stages its trials
+    for queues (_feeds_queues) is never claimed: the queue that ran it
+    could not run its trials; its id goes into set skipped.
     """
     with Lock(RUN_STATUS, timeout=60):
         _ensure_index()
         _restage_dead_claims()
-        run = _claim_from_index(gpus, only)
+        run = _claim_from_index(gpus, only, feeders, skipped)
         if run is None and verify:
             _reconcile_index()
-            run = _claim_from_index(gpus, only)
+            run = _claim_from_index(gpus, only, feeders, skipped)
         return run
 
 
-def _claim_from_index(gpus, only=None):
+def _feeds_queues(attrs):
+    """True if attrs are a tpe batch's that stages its trials as results
+    come in (--stage-trials): queues run its trials, not the batch."""
+    op = attrs.get("op") if isinstance(attrs, dict) else None
+    return isinstance(op, dict) and op.get("kind") == "batch" and \
+        op.get("name") == "tpe" and bool(attrs.get("stage_trials"))
+
+
+def _any_unfinished(run_ids):
+    """True if a run of run_ids is staged, pending or running."""
+    return any(run_status(os.path.join(_runs_dir(), run_id)) in _UNFINISHED
+               for run_id in run_ids)
+
+
+def _claim_from_index(gpus, only=None, feeders=(), skipped=None):
     runs_dir = _runs_dir()
     for name in _index_names("staged"):
         run_id = _index_run_id(name)
         if not run_id:
             _index_drop("staged", name)
             continue
-        if only is not None and run_id not in only:
+        if only is not None and run_id not in only and not feeders:
             continue
         run = Run(run_id, os.path.join(runs_dir, run_id))
         attrs = _read_record(run.guild_path(RUN_ATTRS))[0]
         if attrs is None:
             if _timestamp() - _index_created(name) > _ORPHAN_ENTRY_US:
                 _index_drop("staged", name)
+            continue
+        if only is not None and run_id not in only and \
+                attrs.get("batch") not in feeders:
+            continue
+        if _feeds_queues(attrs):
+            if skipped is not None:
+                skipped.add(run_id)
             continue
         status = run.status
         if status == "pending":
@@ -5788,8 +5822,10 @@ def _run_queue(queue_run, attrs):
     ignore_running = bool(flags.get("ignore-running"))
     gpus = flags.get("gpus")
     only, max_requeues, task = None, DEFAULT_MAX_REQUEUES, _slurm_task()
+    feeders, skipped, told = (), set(), set()
     if attrs.get("slurm"):
         record, only = _read_submission(attrs["slurm"])
+        feeders = set(record.get("feeders") or ())
         max_requeues = record.get("max_requeues", max_requeues)
         _STATE.notice_grace = record.get("grace", _STATE.notice_grace)
         if task and task["restart"]:
@@ -5808,12 +5844,19 @@ def _run_queue(queue_run, attrs):
         # When idle, check the index against the run dirs now and then.
         verify = last_verified is None or (
             time.monotonic() - last_verified > INDEX_VERIFY_SECONDS)
-        run = _claim_next_staged(gpus, verify, only)
+        run = _claim_next_staged(gpus, verify, only, feeders, skipped)
+        for batch_id in sorted(skipped - told):
+            queue_log.warning(
+                "Staged batch %s stages its trials for queues as results "
+                "come in, so no queue starts it: start it with 'guild run "
+                "--start %s' (-b: in the background)", batch_id,
+                batch_id[:SHORT_ID_LEN])
+            told.add(batch_id)
         if run is not None and _STATE.notice_at is not None:
             _release_claim(run)  # a queue that dies restages it too
             break
         if run is None:
-            if run_once:
+            if run_once and not _any_unfinished(feeders):
                 return 0
             if verify:
                 last_verified = time.monotonic()
@@ -6153,10 +6196,12 @@ def _run_statuses(run_ids):
             if x["id"] in wanted}
 
 
-def _slurm_submit(run_ids, opts, dry_run=False):
+def _slurm_submit(run_ids, opts, dry_run=False, feeders=()):
     """Submit run_ids (staged, oldest first) to Slurm as opts (submit's
     options, a dict) say; return the submission's id and record. With
     dry_run, print the job scripts and sbatch commands and submit nothing.
+    The workers also take the trials that batches feeders stage later,
+    and wait for them while those batches run.
     """
     if not dry_run and not shutil.which("sbatch"):
         raise SlurmError("sbatch not found: %s" % SLURM_INSTALL)
@@ -6180,6 +6225,8 @@ def _slurm_submit(run_ids, opts, dry_run=False):
         else PREEMPT_GRACE_SECONDS,
         "options": {k: v for k, v in sorted(opts.items()) if v},
         "arrays": [{"offset": o, "tasks": n} for o, n in arrays]}
+    if feeders:
+        record["feeders"] = sorted(feeders)
     scripts = [_slurm_job_script(sub, opts, o, n) for o, n in arrays]
     paths = [_slurm_dir(sub, "job-%d.sh" % k) for k in range(len(arrays))]
     if dry_run:
@@ -7697,6 +7744,14 @@ def run_attrs(opspec, flags=None, cwd=None, label=None, optimizer=None,
     if minimize and maximize:
         raise UsageError("--minimize and --maximize cannot be used "
                          "together")
+    objective = (maximize or minimize or "loss").split()
+    if objective[:1] == ["last"]:  # a compare column's word for it
+        objective = objective[1:]
+    if len(objective) != 1:
+        raise UsageError(
+            "--%s takes the name of a scalar, whose last value judges a "
+            "trial: '%s' is not one" % ("maximize" if maximize else
+                                        "minimize", maximize or minimize))
     opt_flags = _opt_flags(optimizer, opt_flags or {})
     if max_trials is not None and max_trials < 1:
         raise UsageError("--max-trials must be at least 1")
@@ -7710,7 +7765,7 @@ def run_attrs(opspec, flags=None, cwd=None, label=None, optimizer=None,
             "max_trials": max_trials, "random_seed": random_seed,
             "batch_rows": rows or None,
             "fail_on_trial_error": bool(fail_on_trial_error),
-            "objective": {"scalar": maximize or minimize or "loss",
+            "objective": {"scalar": objective[0],
                           "maximize": bool(maximize)},
             "opt_flags": opt_flags,
             "proto": {"op": op, "flags": flag_vals, "label": label,
@@ -8157,8 +8212,6 @@ def _cmd_run(args):
                       else None)
     if args.background:
         _start_detached(run)
-        print("Started %s in the background (guild watch %s follows it)"
-              % (run.id, run.short_id))
         return 0
     if args.stage:
         _print_staged(run, bool(args.run_dir))
@@ -8192,7 +8245,7 @@ def _print_source_snapshot(attrs):
 def _start_detached(run):
     """Start staged run by `guild run --start` in a process of its own
     session, detached from this terminal: closing it, or Ctrl-C here,
-    does not stop the run (guild stop does)."""
+    does not stop the run (guild stop does). Say so."""
     import subprocess
     options = {}
     if IS_WINDOWS:  # pragma: no cover - exercised on Windows only
@@ -8206,6 +8259,8 @@ def _start_detached(run):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env=dict(os.environ, GUILD_HOME=_guild_home()), close_fds=True,
         **options)
+    print("Started %s in the background (guild watch %s follows it)"
+          % (run.id, run.short_id))
 
 
 def _parse_opt_flags(args):
@@ -8293,9 +8348,11 @@ def _check_existing_options(args, batch_files):
     given = [("an operation ('%s')" % args.opspec, args.opspec),
              ("batch files", batch_files)] + [
         ("--" + name.replace("_", "-"), getattr(args, name))
-        for name in ("stage", "stage_trials", "optimizer", "max_trials",
-                     "random_seed", "print_trials", "fail_on_trial_error",
-                     "run_dir", "help_op", "label", "gpus")]
+        for name in ("stage", "stage_trials", "optimizer", "random_seed",
+                     "print_trials", "fail_on_trial_error", "run_dir",
+                     "help_op", "label", "gpus")]
+    if args.max_trials is not None and not args.restart:
+        given.append(("--max-trials", True))
     for what, value in given:
         if value not in (None, False, []):
             raise UsageError("%s cannot be used with %s: it runs the run as "
@@ -8343,9 +8400,26 @@ def _run_existing(args, raw_flags):
     if raw_flags and args.start:
         raise UsageError("flags cannot be changed with --start "
                          "(use --restart)")
+    if args.background and not args.start:
+        raise UsageError("--background starts a new run or a staged one "
+                         "(--start), not a --restart")
+    if args.max_trials is not None:
+        attrs = run._attrs()
+        if _field(attrs, "op", dict).get("name") != "tpe":
+            raise UsageError("--max-trials cannot be used with --restart "
+                             "but for a tpe batch (which goes on to N "
+                             "trials): it runs the run as it is")
+        if args.max_trials < 1:
+            raise UsageError("--max-trials must be at least 1")
     if not _confirm("You are about to start %s (%s)\nContinue?"
                     % (run.id, run.op_desc), yes=args.yes):
         raise GuildError("aborted")
+    if args.background:  # its own process claims it, as --start does
+        if run.status != "staged":
+            raise RunError("cannot start %s: status is '%s' but expected "
+                           "'staged'" % (run.id, run.status))
+        _start_detached(run)
+        return 0
     with Lock(RUN_STATUS, timeout=60):
         status = _claim_staged(run)
         if status == "staged":
@@ -8362,6 +8436,9 @@ def _run_existing(args, raw_flags):
             set_run_pending(run)
             _remove(run.guild_path(EXIT_ATTRS))
             _remove(run.guild_path(PROC_ATTRS))
+        if args.max_trials is not None:  # a tpe batch goes on to N
+            _write_json(run.guild_path(RUN_ATTRS), dict(
+                run._attrs(), max_trials=args.max_trials))
     return _exit_code(_start_run(run))
 
 
@@ -9735,6 +9812,10 @@ def _cmd_slurm_submit(args):
     if not run_ids:
         print("Nothing to submit: no staged runs selected")
         return 0
+    feeders = _feeder_batches(run_ids)
+    if feeders and args.per_run:
+        raise UsageError("--per-run cannot take the trials that a tpe "
+                         "batch stages as results come in: use workers")
     for level, text in _store_findings(_guild_home()):
         if level == "error" and not args.no_store_check:
             raise SlurmError(text + " (--no-store-check to submit anyway)")
@@ -9756,7 +9837,7 @@ def _cmd_slurm_submit(args):
                            "%d workers" % min(args.workers, len(run_ids))),
             yes=args.yes):
         raise GuildError("aborted")
-    sub, record = _slurm_submit(run_ids, opts, args.dry_run)
+    sub, record = _slurm_submit(run_ids, opts, args.dry_run, feeders)
     if args.dry_run:
         return 0
     jobs = [a["job"] for a in record["arrays"]]
@@ -9765,6 +9846,29 @@ def _cmd_slurm_submit(args):
         "" if len(jobs) == 1 else "s", ", ".join(jobs), sub))
     print("To watch them, use 'guild slurm status %s'" % sub)
     return _wait_for_submission(sub) if args.wait else 0
+
+
+def _feeder_batches(run_ids):
+    """The tpe batches that stage the trials among run_ids as results
+    come in (see _feeds_queues); SlurmError if such a batch is itself
+    among them: no worker would start it."""
+    feeders = set()
+    for run_id in run_ids:
+        attrs = _read_dict(os.path.join(_runs_dir(), run_id, ".guild",
+                                        RUN_ATTRS))
+        if _feeds_queues(attrs):
+            raise SlurmError(
+                "run %s is a tpe batch that stages its trials as results "
+                "come in: start it where it can keep running ('guild run "
+                "--start %s -b'), then submit: its workers take its trials "
+                "as it stages them" % (run_id[:SHORT_ID_LEN],
+                                       run_id[:SHORT_ID_LEN]))
+        batch = attrs.get("batch")
+        if isinstance(batch, str) and batch not in feeders and \
+                _feeds_queues(_read_dict(os.path.join(
+                    _runs_dir(), batch, ".guild", RUN_ATTRS))):
+            feeders.add(batch)
+    return feeders
 
 
 def _staged_to_submit(args):

@@ -2642,6 +2642,12 @@ class TpeBatchTest(GuildTestCase):
                       key=lambda t: -(1 - t.flags["x"]))
         self.assertIn("best_trial: %s" % done[0].id, best)
         self.assertIn(", acc ", best)
+        # An objective no trial prints: the search is random, and says so.
+        code, out = self.guild("run", "quad.py", "x=[0.0:1.0]", "-o", "tpe",
+                               "-m", "2", "-X", "accuracy", "-y")
+        self.assertEqual(code, 0, out)
+        self.assertIn("No trial printed a finite accuracy: each counted as "
+                      "bad, so the search was random", out)
 
     @unittest.skipIf(IS_WINDOWS, "POSIX signals")
     def test_stopped_batch_restarts_from_the_store(self):
@@ -2679,6 +2685,22 @@ class TpeBatchTest(GuildTestCase):
         self.assertEqual(after[4].flags["x"], expected["x"])
         self.assertEqual([t.status for t in after[4:]], ["completed"] * 2)
         self.assertEqual(batch.status, "completed")
+        # Done, it has nothing to run, and says so; -m goes on.
+        code, out = self.guild("run", "--restart", batch.id, "-y")
+        self.assertIn("The batch has 6 of 6 trials: nothing to run ('guild "
+                      "run --restart %s -m N' goes on to N)" % batch.short_id,
+                      out)
+        code, out = self.guild("run", "--restart", batch.id, "-m", "8", "-y")
+        self.assertEqual(code, 0, out)
+        self.assertIn("Batch finished: 7 completed, 0 failed, 0 staged, "
+                      "1 terminated", out)  # the stopped one counts
+        self.assertEqual(len(self.trials(batch)), 8)
+        self.assertGuildError(self.guild("run", "--restart", after[0].id,
+                                         "-m", "8", "-y"),
+                              "but for a tpe batch")
+        self.assertGuildError(self.guild("run", "--start", batch.id, "-m",
+                                         "8", "-y"),
+                              "--max-trials cannot be used with --start")
 
     def test_staged_trials_in_flight_for_queues(self):
         p = self.start_guild("run", "quad.py", "x=[0.0:1.0]", "-o", "tpe",
@@ -2699,6 +2721,55 @@ class TpeBatchTest(GuildTestCase):
         self.assertEqual({t.status for t in trials} - {"completed",
                                                        "error"}, set())
         self.assertEqual(len({t.flags["x"] for t in trials}), 7)
+        queue.send_signal(signal.SIGTERM)
+        queue.wait(timeout=30)
+
+    def test_queues_leave_a_staged_batch_that_stages_trials_alone(self):
+        # A queue that ran such a batch would wait for itself to run its
+        # trials: queues leave it staged and say how to start it.
+        code, out = self.guild("run", "quad.py", "x=[0.0:1.0]", "fail=2",
+                               "-o", "tpe", "-m", "3", "--stage-trials",
+                               "-Fo", "in-flight=2", "-Fo",
+                               "random-starts=2", "--stage", "-y")
+        self.assertEqual(code, 0, out)
+        [batch] = self.runs()
+        code, out = self.guild("run", "queue", "run-once=yes", "-y")
+        self.assertEqual(code, 0, out)
+        self.assertIn("Staged batch %s stages its trials for queues as "
+                      "results come in, so no queue starts it: start it "
+                      "with 'guild run --start %s' (-b: in the background)"
+                      % (batch.id, batch.short_id), out)
+        self.assertEqual(batch.status, "staged")
+        # Slurm refuses it too: no worker would start it.
+        self.assertGuildError(self.guild("slurm", "submit", "--dry-run"),
+                              "run %s is a tpe batch that stages its "
+                              "trials as results come in" % batch.short_id)
+        self.assertGuildError(self.guild("run", "--restart", batch.id, "-b",
+                                         "-y"), "not a --restart")
+        code, out = self.guild("run", "--start", batch.id, "-b", "-y")
+        self.assertEqual(out, "Started %s in the background (guild watch "
+                         "%s follows it)\n" % (batch.id, batch.short_id))
+        # Started, the batch stages trials; a Slurm submission of them
+        # records the batch, so that its workers take the trials it stages
+        # later, and wait for them while it runs.
+        def staged():
+            return [r.id for r in self.runs()
+                    if r.status == "staged" and r.op_desc == "quad.py"]
+        self.wait_for(staged, what="a trial")
+        staged = staged()
+        self.assertEqual(guild._feeder_batches(staged), {batch.id})
+        self.assertIsNone(guild._claim_next_staged(None, only=set()))
+        self.assertTrue(guild._any_unfinished([batch.id]))
+        run = guild._claim_next_staged(None, only=set(),
+                                       feeders={batch.id})
+        self.assertIn(run.id, staged)
+        guild._release_claim(run)
+        queue = self.start_guild("run", "queue", "poll-interval=1", "-y",
+                                 until=b"Processing staged runs")
+        self.addCleanup(queue.kill)
+        self.wait_for(lambda: batch.status == "completed", what="the batch")
+        self.assertEqual([r.status for r in self.runs()
+                          if r.op_desc == "quad.py"], ["completed"] * 3)
         queue.send_signal(signal.SIGTERM)
         queue.wait(timeout=30)
 
@@ -2746,6 +2817,9 @@ class TpeBatchTest(GuildTestCase):
                 (["-o", "random", "-Fo", "in-flight=2"], "for random: it "
                  "takes none"),
                 (["-N", "loss", "-X", "acc"], "cannot be used together"),
+                (["-o", "tpe", "-N", "min loss"], "--minimize takes the "
+                 "name of a scalar, whose last value judges a trial: 'min "
+                 "loss' is not one"),
                 (["-o", "tpe", "fail=[]"], "tpe cannot choose from an "
                  "empty list")]:
             with self.subTest(args=args):
@@ -3069,8 +3143,11 @@ time.sleep(float(os.environ.get("MARK_SECONDS", "0")))
 open(os.path.join(marks, "end-%s-%s" % (i, os.getpid())), "w").close()
 print("loss: %s" % i)
 """
+# (its first frame the script's; the interrupt may land deeper, in
+# "<frozen codecs>" as open() runs, say)
 STORM_CTRL_C = re.compile(r'Traceback \(most recent call last\):\n'
-                          r'(  File "([^"]*/)?storm\.py".*\n(    .*\n)*)+'
+                          r'  File "([^"]*/)?storm\.py".*\n(    .*\n)*'
+                          r'(  File ".*\n(    .*\n)*)*'
                           r'KeyboardInterrupt\n')
 
 
