@@ -5642,6 +5642,9 @@ def _feeds_queues(attrs):
         op.get("name") == "tpe" and bool(attrs.get("stage_trials"))
 
 
+_FEEDER_POLL_SECONDS = 1.0  # a worker's wait for a batch's next trial
+
+
 def _any_unfinished(run_ids):
     """True if a run of run_ids is staged, pending or running."""
     return any(run_status(os.path.join(_runs_dir(), run_id)) in _UNFINISHED
@@ -5863,7 +5866,9 @@ def _run_queue(queue_run, attrs):
             if waiting != "staged":
                 queue_log.info("Waiting for staged runs")
                 waiting = "staged"
-            _sleep(poll)
+            # A batch that stages trials as results come in stages the
+            # next as soon as one ends: look again sooner.
+            _sleep(min(poll, _FEEDER_POLL_SECONDS) if feeders else poll)
             continue
         waiting = None
         last_verified = None

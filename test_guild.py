@@ -3673,6 +3673,29 @@ class SlurmTest(GuildTestCase):
         self.assertEqual(out.count("==> "), 4)
 
     @any_start_mode
+    def test_workers_take_the_trials_a_tpe_batch_stages_later(self):
+        # The batch runs here, in the background, staging 2 trials at a
+        # time as results come in; the submission of its first trials
+        # records it, so its 2 workers run all 6 and end with it.
+        write(path(self.project, "quad.py"), TPE_SCRIPT)
+        code, out = self.guild("run", "quad.py", "x=[0.0:1.0]", "fail=2",
+                               "-o", "tpe", "-m", "6", "--stage-trials",
+                               "-Fo", "in-flight=2", "-Fo", "random-starts=2",
+                               "-b", "-y")
+        self.assertEqual(code, 0, out)
+        batch = self.run_of(re.search(r"Started (\w+)", out).group(1))
+        self.wait_for(lambda: len([r for r in self.runs()
+                                   if r.status == "staged"]) == 2,
+                      what="2 staged trials")
+        code, out = self.guild("slurm", "submit", "--workers", "2",
+                               "--wait", "-y")
+        self.assertEqual(code, 0, out + self.logs())
+        self.assertEqual(batch.status, "completed", self.logs())
+        trials = [r for r in self.runs() if r.op_desc == "quad.py"]
+        self.assertEqual([r.status for r in trials], ["completed"] * 6)
+        self.assertEqual(self.starts(), {r.id: 1 for r in trials})
+
+    @any_start_mode
     def test_per_run_skips_a_run_started_elsewhere(self):
         ids = self.stage(3, steps=1)
         job, _ = self.submit("--per-run", "--sbatch-arg=--hold")
