@@ -6159,11 +6159,14 @@ ACTIVE_SLURM_STATES = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING",
 def _submission_status(sub, record, tasks, statuses):
     """The lines `slurm status` shows for one submission."""
     arrays = record.get("arrays") or []
-    lines = ["%s  %s  %s, %d run%s" % (
+    lines = ["%s  %s  %s, %d run%s%s" % (
         sub, _format_time(record.get("created")),
         "a run per task" if record.get("per_run") else
         "%d pull workers" % record.get("workers", 0),
-        record.get("runs", 0), "" if record.get("runs") == 1 else "s")]
+        len(statuses), "" if len(statuses) == 1 else "s",
+        " (with the trials %s staged later)" % " and ".join(
+            "batch %s" % x[:SHORT_ID_LEN] for x in record["feeders"])
+        if record.get("feeders") else "")]
     launch_failed = False
     for array in arrays:
         job = str(array.get("job"))
@@ -9939,10 +9942,15 @@ def _cmd_slurm_status(args):
     if not args.submission:
         active = [x for x in shown if _submission_active(x[1], tasks)]
         shown = active or shown[-1:]
-    statuses = _run_statuses([run_id for sub, _ in shown
-                              for run_id in _submission_runs(sub)])
+    summaries = run_summaries()
+    statuses = {x["id"]: x["status"] for x in summaries}
     for sub, record in shown:
         runs = _submission_runs(sub)
+        # The trials a feeding batch staged after the submission count.
+        feeders, submitted = set(record.get("feeders") or ()), set(runs)
+        runs += [x["id"] for x in sorted(summaries, key=lambda x: (
+            x["created"] or 0, x["id"])) if x["batch"] in feeders and
+            x["id"] not in submitted]
         for line in _submission_status(sub, record, tasks, [
                 statuses.get(run_id, "deleted") for run_id in runs]):
             print(line)

@@ -3694,6 +3694,11 @@ class SlurmTest(GuildTestCase):
         trials = [r for r in self.runs() if r.op_desc == "quad.py"]
         self.assertEqual([r.status for r in trials], ["completed"] * 6)
         self.assertEqual(self.starts(), {r.id: 1 for r in trials})
+        # Its status counts the trials staged after the submission too.
+        code, out = self.guild("slurm", "status")
+        self.assertIn("2 pull workers, 6 runs (with the trials batch %s "
+                      "staged later)" % batch.short_id, out)
+        self.assertIn("runs: 6 completed", out)
 
     @any_start_mode
     def test_per_run_skips_a_run_started_elsewhere(self):
